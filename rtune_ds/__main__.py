@@ -1,0 +1,3 @@
+from rtune_ds.cli import main
+
+raise SystemExit(main())

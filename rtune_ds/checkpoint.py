@@ -1,0 +1,125 @@
+"""Checkpoints (DeepSpeed's, plus client state and per-rank RNG), the HF export consolidated from
+any ZeRO stage, and the lineage record that makes an artifact explain itself."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import deepspeed
+import torch
+
+from rtune_ds import __version__, dist
+from rtune_ds.config import ConfigError, save_json
+
+
+def _tag(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def latest_tag(ckpt_dir: Path) -> str | None:
+    """The tag DeepSpeed's `latest` names, if that checkpoint exists."""
+    latest = ckpt_dir / "latest"
+    if not latest.is_file():
+        return None
+    tag = latest.read_text().strip()
+    return tag if (ckpt_dir / tag).is_dir() else None
+
+
+def save(engine, ckpt_dir: Path, step: int, client_state: dict) -> None:
+    """All ranks call this. DeepSpeed writes `latest` last, after every rank's files."""
+    tag = _tag(step)
+    (ckpt_dir / tag).mkdir(parents=True, exist_ok=True)
+    torch.save({"torch": torch.get_rng_state()}, ckpt_dir / tag / f"rng_rank{dist.rank()}.pt")
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state)
+
+
+def load(engine, ckpt_dir: Path, tag: str) -> dict:
+    """Restore engine, optimizer, scheduler and this rank's RNG; return the client state."""
+    path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    if path is None:
+        raise ConfigError(f"{ckpt_dir / tag}: DeepSpeed could not load this checkpoint")
+    rng_file = ckpt_dir / tag / f"rng_rank{dist.rank()}.pt"
+    if rng_file.is_file():
+        torch.set_rng_state(torch.load(rng_file, weights_only=True)["torch"])
+    return client_state
+
+
+def gathered_state_dict(engine) -> dict | None:
+    """The full model state dict on rank 0 (None elsewhere); all ranks must call it."""
+    if engine.zero_optimization_partition_weights():
+        return engine._zero3_consolidated_16bit_state_dict()
+    if not dist.is_main():
+        return None
+    return {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}
+
+
+def weights_digest(engine) -> str:
+    """sha256 of every full parameter, computed on this rank (ZeRO-3 shards are gathered)."""
+    digest = hashlib.sha256()
+    for name, param in engine.module.named_parameters():
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+            digest.update(name.encode())
+            digest.update(param.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def fingerprint(model_dir: str | Path) -> str:
+    """Content fingerprint of a model directory: its config and weight files."""
+    model_dir = Path(model_dir)
+    digest = hashlib.sha256()
+    for file in sorted(model_dir.iterdir()):
+        if file.name == "config.json" or file.suffix in (".safetensors", ".bin"):
+            digest.update(file.name.encode())
+            with open(file, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()[:32]
+
+
+def code_version() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        commit = ""
+    return f"{__version__}+{commit}" if commit else __version__
+
+
+def lineage_record(command: str, config: dict, parent: str | None, data: list[dict],
+                   steps: int, tokens: int, extra: dict) -> dict:
+    return {
+        "command": command,
+        "argv": sys.argv,
+        "config": config,
+        "parent": {"path": str(Path(parent).resolve()), "fingerprint": fingerprint(parent)}
+        if parent else None,
+        "data": data,
+        "steps": steps,
+        "tokens": tokens,
+        "code_version": code_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **extra,
+    }
+
+
+def export_hf(engine, tokenizer, out_dir: Path, lineage: dict) -> None:
+    """Write a plain HF model directory (weights, config, tokenizer, lineage.json) atomically."""
+    state_dict = gathered_state_dict(engine)
+    if dist.is_main():
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".tmp-{out_dir.name}-"))
+        engine.module.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        lineage = {**lineage, "fingerprint": fingerprint(tmp)}
+        save_json(lineage, tmp / "lineage.json")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    dist.barrier()

@@ -1,0 +1,89 @@
+"""Distributed start-up and rank helpers: the one place that knows about ranks."""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import torch
+import torch.distributed as torch_dist
+
+
+def world_size() -> int:
+    """From the launcher's environment, so it is known before any process group exists."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init() -> None:
+    """Start the process group the deepspeed launcher (or a plain `python`) expects.
+
+    A plain single-process launch gets a local rendezvous so the same code path runs everywhere.
+    """
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        import socket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    if not torch_dist.is_initialized():
+        deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+
+
+def main_first(fn: Callable[[], Any]) -> Any:
+    """Run `fn` on rank 0 first (it fills caches), then on the others; a ConfigError on rank 0
+    is raised on every rank instead of leaving the others waiting."""
+    from rtune_ds.config import ConfigError
+
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn()
+        except ConfigError as err:
+            error = str(err)
+    error = broadcast_object(error)
+    if error:
+        raise ConfigError(error)
+    if not is_main():
+        result = fn()
+    return result
+
+
+def barrier() -> None:
+    if torch_dist.is_initialized():
+        torch_dist.barrier()
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if not torch_dist.is_initialized() or torch_dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_gather_object(obj: Any) -> list:
+    if not torch_dist.is_initialized() or torch_dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * torch_dist.get_world_size()
+    torch_dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    if torch_dist.is_initialized() and torch_dist.get_world_size() > 1:
+        torch_dist.all_reduce(values)
+    return values

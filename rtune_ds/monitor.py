@@ -1,0 +1,63 @@
+"""Run monitoring on rank 0: TensorBoard scalars, metrics.jsonl (their machine-readable twin) and a
+progress bar. Other ranks get a monitor that does nothing."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tqdm import tqdm
+
+from rtune_ds import dist
+
+
+class Monitor:
+    def __init__(self, run_dir: Path, start_step: int, total_steps: int, enabled: bool | None = None):
+        self.enabled = dist.is_main() if enabled is None else enabled
+        self.writer = self.bar = None
+        if not self.enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.metrics_path = run_dir / "metrics.jsonl"
+        _truncate_after(self.metrics_path, start_step)
+        # purge_step drops events a crashed launch wrote past the checkpoint we resume from
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"),
+                                    purge_step=start_step + 1 if start_step else None)
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True,
+                        disable=os.environ.get("RTUNE_NO_PROGRESS") == "1")
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        for key, value in scalars.items():
+            self.writer.add_scalar(key, value, step)
+        with open(self.metrics_path, "a") as fh:
+            fh.write(json.dumps({"step": step, **scalars}) + "\n")
+
+    def advance(self, step: int, loss: float | None = None) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.4f}")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """Keep only the records up to `step` (a resumed run rewrites what follows)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -1,0 +1,146 @@
+"""The ONE training loop: every job (pretraining, fine-tuning, distillation, recycling) runs here and
+differs only by the model, the data source, the loss and the initial state it is handed."""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import deepspeed
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from rtune_ds import checkpoint, dist
+from rtune_ds.config import ConfigError
+from rtune_ds.monitor import Monitor
+from rtune_ds.train.schedules import Schedule
+
+
+class BatchSource(Protocol):
+    """Yields the same global batch for a step on every rank; its state is checkpointed."""
+
+    def global_batch(self, step: int, size: int) -> Any: ...
+    def make_inputs(self, rows: Any, keys: list[int]) -> dict[str, torch.Tensor]: ...
+    def scalars(self, step: int) -> dict[str, float]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass
+class LoopSpec:
+    run_dir: Path
+    ds_config: dict
+    schedule: Schedule
+    max_steps: int
+    micro_batch: int
+    grad_accum: int
+    tokens_per_sample: int = 0
+    stop_after: int | None = None
+    eval_every: int = 0
+    save_every: int = 0
+    log_every: int = 1
+    resume_tag: str | None = None
+    save_checkpoints: bool = True
+
+
+@dataclass
+class TrainResult:
+    engine: Any
+    step: int
+    finished: bool
+    tokens: int
+    last_eval: dict[str, float] = field(default_factory=dict)
+    step_times: list[float] = field(default_factory=list)
+
+    @property
+    def median_step_time(self) -> float:
+        return statistics.median(self.step_times) if self.step_times else float("nan")
+
+
+def train(model: torch.nn.Module, spec: LoopSpec, source: BatchSource,
+          loss_fn: Callable[[Any, dict], torch.Tensor],
+          evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None) -> TrainResult:
+    world, rank = dist.world_size(), dist.rank()
+    global_batch = spec.micro_batch * spec.grad_accum * world
+    schedule = spec.schedule
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=spec.ds_config,
+        lr_scheduler=lambda opt: LambdaLR(opt, lambda s: schedule.lr(s) / schedule.peak_lr),
+    )
+    ckpt_dir = spec.run_dir / "checkpoints"
+    step = tokens = 0
+    if spec.resume_tag:
+        state = checkpoint.load(engine, ckpt_dir, spec.resume_tag)
+        if state["world_size"] != world or state["global_batch"] != global_batch:
+            raise ConfigError(
+                f"{ckpt_dir / spec.resume_tag}: saved at world size {state['world_size']} with "
+                f"global batch {state['global_batch']}; this launch has {world} and {global_batch}")
+        step, tokens = state["step"], state["tokens"]
+        source.load_state_dict(state["data"])
+
+    monitor = Monitor(spec.run_dir, step, spec.max_steps)
+    result = TrainResult(engine, step, False, tokens)
+
+    def run_eval() -> None:
+        if evaluate is None:
+            return
+        engine.eval()
+        with torch.no_grad():
+            result.last_eval = evaluate(engine.module)
+        engine.train()
+        monitor.log(step, result.last_eval)
+
+    def save() -> None:
+        if spec.save_checkpoints:
+            checkpoint.save(engine, ckpt_dir, step, {
+                "step": step, "tokens": tokens, "data": source.state_dict(),
+                "world_size": world, "global_batch": global_batch})
+
+    if step == 0 and evaluate is not None and spec.eval_every:
+        run_eval()  # the step-0 point shows where training starts from
+    launch_end = spec.max_steps if spec.stop_after is None else min(
+        spec.max_steps, step + spec.stop_after)
+    saved_at = step
+    engine.train()
+    while step < launch_end:
+        started = time.perf_counter()
+        rows = source.global_batch(step, global_batch)
+        loss_sum = torch.zeros(1)
+        for micro in range(spec.grad_accum):
+            start = (micro * world + rank) * spec.micro_batch
+            keys = list(range(step * global_batch + start,
+                              step * global_batch + start + spec.micro_batch))
+            inputs = source.make_inputs(rows[start:start + spec.micro_batch], keys)
+            loss = loss_fn(engine, inputs)
+            engine.backward(loss)
+            engine.step()
+            loss_sum += loss.detach().float()
+        lr = schedule.lr(step)
+        step += 1
+        tokens += global_batch * spec.tokens_per_sample
+        result.step_times.append(time.perf_counter() - started)
+        if step % spec.log_every == 0 or step == launch_end:
+            mean_loss = dist.all_reduce_sum(loss_sum).item() / (spec.grad_accum * world)
+            grad_norm = engine.get_global_grad_norm()
+            scalars = {"train/loss": mean_loss, "train/lr": lr,
+                       "train/tokens_per_s": global_batch * spec.tokens_per_sample
+                       / result.step_times[-1], "train/tokens": tokens,
+                       **source.scalars(step - 1)}
+            if grad_norm is not None:
+                scalars["train/grad_norm"] = float(grad_norm)
+            monitor.log(step, scalars)
+            monitor.advance(step, mean_loss)
+        if spec.eval_every and (step % spec.eval_every == 0 or step == spec.max_steps):
+            run_eval()
+        if spec.save_every and step % spec.save_every == 0:
+            save()
+            saved_at = step
+    if step > saved_at:
+        save()
+    monitor.close()
+    result.step, result.tokens, result.finished = step, tokens, step >= spec.max_steps
+    return result

@@ -1,0 +1,64 @@
+"""Language-model objectives: batch building (with seeded MLM masking) and the loss.
+
+MLM masks are drawn from a generator seeded by the sample's global position, so a batch is the same
+on 1 rank or many, and a resumed run masks exactly as the uninterrupted one would.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+IGNORE = -100
+
+
+@dataclass
+class LMObjective:
+    kind: str  # clm | mlm
+    seed: int = 0
+    mask_token_id: int | None = None
+    vocab_size: int = 0
+    special_ids: tuple[int, ...] = ()
+    mlm_probability: float = 0.15
+
+    def batch(self, blocks: torch.Tensor, keys: list[int]) -> dict[str, torch.Tensor]:
+        """Model inputs for `blocks` [B, L]; `keys` (one per row) seed the MLM masks."""
+        if self.kind == "clm":
+            return {"input_ids": blocks, "labels": blocks}
+        inputs, labels = blocks.clone(), torch.full_like(blocks, IGNORE)
+        for row, key in enumerate(keys):
+            inputs[row], labels[row] = self._mask_row(blocks[row], key)
+        return {"input_ids": inputs, "labels": labels}
+
+    def _mask_row(self, ids: torch.Tensor, key: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """BERT masking: of the chosen positions 80% -> <mask>, 10% -> random token, 10% kept."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + key)
+        maskable = ~torch.isin(ids, torch.tensor(self.special_ids, dtype=ids.dtype))
+        chosen = (torch.rand(ids.shape, generator=g) < self.mlm_probability) & maskable
+        if not chosen.any():  # every row teaches something
+            chosen[torch.nonzero(maskable)[0]] = True
+        labels = torch.where(chosen, ids, torch.full_like(ids, IGNORE))
+        roll = torch.rand(ids.shape, generator=g)
+        random_ids = torch.randint(self.vocab_size, ids.shape, generator=g)
+        inputs = torch.where(chosen & (roll < 0.8), torch.full_like(ids, self.mask_token_id), ids)
+        inputs = torch.where(chosen & (roll >= 0.8) & (roll < 0.9), random_ids, inputs)
+        return inputs, labels
+
+    @staticmethod
+    def target_count(batch: dict[str, torch.Tensor], kind: str) -> int:
+        """How many tokens the mean loss of `batch` averages over."""
+        labels = batch["labels"]
+        if kind == "clm":
+            return int((labels[:, 1:] != IGNORE).sum())
+        return int((labels != IGNORE).sum())
+
+
+def lm_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean token loss from the HF model's own loss (logits upcast to fp32 inside)."""
+    return model(**batch).loss
+
+
+def make_objective(kind: str, tokenizer, seed: int, mlm_probability: float) -> LMObjective:
+    return LMObjective(kind=kind, seed=seed, mask_token_id=tokenizer.mask_token_id,
+                       vocab_size=len(tokenizer), special_ids=tuple(tokenizer.all_special_ids),
+                       mlm_probability=mlm_probability)
