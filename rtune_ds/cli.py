@@ -14,7 +14,6 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ds-config", help="DeepSpeed JSON (overrides the config's 'deepspeed')")
     p.add_argument("--resume", help="'auto': continue from the run dir's last complete checkpoint "
                    "if there is one; 'required': fail if there is none")
-    p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     p.add_argument("overrides", nargs="*", help="dotted overrides: train.lr=3e-4 data.seq_len=64")
 
 
@@ -50,6 +49,8 @@ def run_config(args):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # the deepspeed launcher passes --local_rank=N first; LOCAL_RANK in the environment says the same
+    argv = [a for a in argv if not a.startswith("--local_rank")]
     args = parser().parse_args(argv)
     if args.command in ("pretrain", "bench") and args.resume not in (None, "auto", "required"):
         print(f"rtune: error: --resume must be 'auto' or 'required', got {args.resume!r}",

@@ -1,0 +1,100 @@
+import json
+
+import pytest
+
+from conftest import FIXTURES, tiny_config, write_config
+from rtune_ds.config import ConfigError, load_run_config, resolve_batch
+from rtune_ds.ds_config import read_ds_config, resolve_ds_config, STOCK_DIR
+
+
+def load(tmp_path, cfg, overrides=()):
+    return load_run_config(str(write_config(tmp_path / "run.yaml", cfg)), list(overrides))
+
+
+def test_overrides_are_typed_and_applied(tmp_path):
+    cfg = load(tmp_path, tiny_config(tmp_path / "r"), ["train.lr=1e-4", "train.max_steps=7",
+                                                      "data.switch.train=[" + str(FIXTURES / "computing.jsonl") + "]",
+                                                      "data.switch.at_step=3"])
+    assert cfg.train.lr == 1e-4 and cfg.train.max_steps == 7
+    assert cfg.data.switch.train[0].path.endswith("computing.jsonl")
+    assert cfg.data.switch.train[0].weight == 1.0
+
+
+@pytest.mark.parametrize("overrides, names", [
+    (["train.lrr=1"], "train.lrr"),
+    (["train.max_steps=abc"], "train.max_steps"),
+    (["train.micro_batch_size=1.5"], "train.micro_batch_size"),
+    (["model.preset=gpt-17"], "model.preset"),
+    (["train.schedule=linear"], "train.schedule"),
+    (["data.train=[/nonexistent/corpus.jsonl]"], "data.train[0]"),
+    (["model.preset=null", "model.path=/nonexistent/model"], "model.path"),
+    (["deepspeed=/nonexistent/ds.json"], "deepspeed"),
+])
+def test_bad_values_name_file_and_key(tmp_path, overrides, names):
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, tiny_config(tmp_path / "r"), overrides)
+    assert names in str(err.value) and "run.yaml" in str(err.value)
+
+
+def test_global_batch_must_divide(tmp_path):
+    cfg = load(tmp_path, tiny_config(tmp_path / "r"), ["train.global_batch_size=12"])
+    assert resolve_batch(cfg, 3, "f") == (1, 12)
+    with pytest.raises(ConfigError, match="train.global_batch_size"):
+        resolve_batch(cfg, 2, "f")  # 12 / (4 x 2) is not whole
+
+
+def resolve(cfg, ds, world=2, accum=2, lr=3e-3, where="ds.json"):
+    return resolve_ds_config(ds, where, cfg, world, accum, lr, 128)
+
+
+def test_auto_values_are_filled_from_the_run_config(tmp_path):
+    cfg = load(tmp_path, tiny_config(tmp_path / "r"))
+    ds, where = read_ds_config(str(STOCK_DIR / "zero3.json"))
+    out, precision = resolve(cfg, ds)
+    assert out["train_micro_batch_size_per_gpu"] == 4 and out["gradient_accumulation_steps"] == 2
+    assert out["train_batch_size"] == 16 and out["gradient_clipping"] == 1.0
+    assert out["optimizer"]["params"]["lr"] == 3e-3 and out["bf16"]["enabled"] is False
+    assert out["zero_optimization"]["reduce_bucket_size"] == 128 * 128
+    assert out["zero_optimization"]["stage3_param_persistence_threshold"] == 1280
+    assert precision == "fp32"
+
+
+def test_literal_deepspeed_examples_style_config_works(tmp_path):
+    cfg = load(tmp_path, tiny_config(tmp_path / "r"))
+    ds = {"train_batch_size": 16, "train_micro_batch_size_per_gpu": 4, "steps_per_print": 10,
+          "zero_optimization": {"stage": 2}, "bf16": {"enabled": True}}
+    out, precision = resolve(cfg, ds)
+    assert precision == "bf16" and out["gradient_accumulation_steps"] == 2
+    assert out["optimizer"]["type"] == "AdamW"
+
+
+@pytest.mark.parametrize("ds, key", [
+    ({"train_micro_batch_size_per_gpu": 8}, "train.micro_batch_size"),
+    ({"train_batch_size": 64}, "train_batch_size"),
+    ({"train_batch_size": 15}, "not divisible"),
+    ({"optimizer": {"type": "AdamW", "params": {"lr": 0.1}}}, "train.lr"),
+    ({"scheduler": {"type": "WarmupLR"}}, "train.schedule"),
+    ({"zero_optimization": {"stage": 5}}, "zero_optimization.stage"),
+    ({"bf16": {"enabled": True}, "zero_optimization": {"stage": 0}}, "train.precision"),
+])
+def test_contradictions_name_both_sides(tmp_path, ds, key):
+    cfg = load(tmp_path, tiny_config(tmp_path / "r", train={"precision": "fp32"}))
+    with pytest.raises(ConfigError) as err:
+        resolve(cfg, ds)
+    assert key in str(err.value) and "ds.json" in str(err.value)
+
+
+def test_malformed_deepspeed_json_names_the_file(tmp_path):
+    bad = tmp_path / "broken.json"
+    bad.write_text('{"train_batch_size": 8,,}')
+    with pytest.raises(ConfigError, match="broken.json: malformed DeepSpeed JSON"):
+        read_ds_config(str(bad))
+
+
+def test_stock_configs_all_resolve(tmp_path):
+    cfg = load(tmp_path, tiny_config(tmp_path / "r"))
+    for path in sorted(STOCK_DIR.glob("*.json")):
+        ds, where = read_ds_config(str(path))
+        out, _ = resolve(cfg, ds, where=where)
+        json.dumps(out)
+        assert out["train_batch_size"] == 16
