@@ -280,8 +280,8 @@ def resolve_batch(cfg: RunConfig, world_size: int, where: str) -> tuple[int, int
         return t.grad_accum, t.micro_batch_size * t.grad_accum * world_size
     per_step = t.micro_batch_size * world_size
     _require(t.global_batch_size % per_step == 0, where, "train.global_batch_size",
-             f"{t.global_batch_size} is not divisible by train.micro_batch_size x world size "
-             f"= {t.micro_batch_size} x {world_size}")
+             f"{t.global_batch_size} is not divisible by train.micro_batch_size "
+             f"{t.micro_batch_size} x world size {world_size}")
     return t.global_batch_size // per_step, t.global_batch_size
 
 

@@ -18,9 +18,9 @@ def test_v1_from_v0_follows_the_recipe(tmp_path, cache_dir):
     v0_min_lr = v0_lineage["schedule"]["min_lr"]
 
     total = 20
-    v1 = tiny_config(v1_dir, model={"path": str(v0_dir / "final")},
-                     train={"max_steps": total, "schedule": "recipe", "lr": None,
+    v1 = tiny_config(v1_dir, train={"max_steps": total, "schedule": "recipe", "lr": None,
                             "warmup_steps": 0, "eval_every": 10})
+    v1["model"] = {"path": str(v0_dir / "final")}
     v1["data"]["switch"] = {"train": [str(FIXTURES / "computing.jsonl")]}
     v1["data"]["eval_fraction"] = 0.1
     v1_cfg = write_config(tmp_path / "v1.yaml", v1)
