@@ -9,6 +9,8 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, LlamaConfig,
                           LlamaForCausalLM, RobertaConfig, RobertaForMaskedLM)
 
+from transformers.integrations import HfDeepSpeedConfig
+
 from rtune_ds.config import ConfigError
 
 # name: (family, vocab, hidden, layers, heads, intermediate)
@@ -75,13 +77,20 @@ def hidden_size_of(path: str | Path) -> int:
     return cfg.get("hidden_size") or cfg.get("d_model") or cfg.get("n_embd") or 768
 
 
-def load_local(path: str | Path, objective: str, trust_remote_code: bool = False):
+def load_local(path: str | Path, objective: str, ds_config: dict | None = None,
+               trust_remote_code: bool = False):
+    """Load a local HF directory. Under ZeRO-3 every rank loads only its shard: transformers
+    reads the live HfDeepSpeedConfig and builds the model inside zero.Init."""
     auto = AutoModelForCausalLM if objective == "clm" else AutoModelForMaskedLM
+    zero3 = ds_config is not None and ds_config.get("zero_optimization", {}).get("stage") == 3
+    hf_ds_config = HfDeepSpeedConfig(ds_config) if zero3 else None  # must live during loading
     try:
         return auto.from_pretrained(str(path), dtype=torch.float32,
                                     trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise ConfigError(f"{path}: cannot load a model for objective '{objective}': {err}") from None
+    finally:
+        del hf_ds_config
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -24,7 +24,8 @@ def test_v1_from_v0_follows_the_recipe(tmp_path, cache_dir):
     v1["data"]["switch"] = {"train": [str(FIXTURES / "computing.jsonl")]}
     v1["data"]["eval_fraction"] = 0.1
     v1_cfg = write_config(tmp_path / "v1.yaml", v1)
-    check(rtune(["pretrain", "--config", str(v1_cfg), "--ds-config", "ds_configs/zero2.json"],
+    # ZeRO-3: each rank loads only its shard of v0 (HfDeepSpeedConfig + zero.Init)
+    check(rtune(["pretrain", "--config", str(v1_cfg), "--ds-config", "ds_configs/zero3.json"],
                 cache_dir, nproc=2))
 
     lineage = json.loads((v1_dir / "final" / "lineage.json").read_text())
@@ -45,6 +46,9 @@ def test_v1_from_v0_follows_the_recipe(tmp_path, cache_dir):
     assert all(phases[s] == 1.0 for s in phases if s > switch)
     assert train[-1]["data/weight/computing"] == 1.0 and train[0]["data/weight/computing"] == 0.0
     evals = [m for m in read_jsonl(v1_dir / "metrics.jsonl") if "eval/loss" in m]
+    assert evals[0]["step"] == 0  # v1 starts exactly where v0 ended
+    assert evals[0]["eval/loss/general"] == pytest.approx(
+        v0_lineage["final_eval"]["eval/loss/general"], abs=1e-5)
     assert {"eval/loss/general", "eval/loss/computing"} <= set(evals[-1])
 
     events = EventAccumulator(str(v1_dir / "tensorboard"))

@@ -122,7 +122,7 @@ def build_model(p: Plan, tokenizer):
     m = p.cfg.model
     if m.preset:
         return build_preset(m.preset, tokenizer, p.cfg.data.seq_len, p.cfg.seed)
-    model = load_local(m.path, p.objective, m.trust_remote_code)
+    model = load_local(m.path, p.objective, p.ds_config, m.trust_remote_code)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         raise ConfigError(f"{p.where}: key 'model.tokenizer': {len(tokenizer)} tokens but the "
                           f"model at {m.path} embeds only "
