@@ -71,6 +71,8 @@ def train(model: torch.nn.Module, spec: LoopSpec, source: BatchSource,
         config=spec.ds_config,
         lr_scheduler=lambda opt: LambdaLR(opt, lambda s: schedule.lr(s) / schedule.peak_lr),
     )
+    if world == 1 and engine.zero_optimization_stage() == 0:
+        engine.enable_backward_allreduce = False  # nothing to reduce; saves a flatten+copy per step
     ckpt_dir = spec.run_dir / "checkpoints"
     step = tokens = 0
     if spec.resume_tag:
