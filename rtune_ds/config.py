@@ -192,13 +192,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def load_run_config(path: str | None, overrides: list[str]) -> RunConfig:
     data = read_mapping(path) if path else {}
     where = str(path) if path else "command line"
-    override_keys = {o.split("=", 1)[0].split(".")[0] for o in overrides}
-    try:
-        cfg = build(RunConfig, apply_overrides(data, overrides), where)
-    except ConfigError as err:
-        if path and override_keys and "command line" not in str(err):
-            raise ConfigError(f"{err} (file {path} with command-line overrides)") from None
-        raise
+    if path and overrides:
+        where += " + command-line overrides"
+    cfg = build(RunConfig, apply_overrides(data, overrides), where)
     validate(cfg, where)
     return cfg
 

@@ -33,7 +33,7 @@ class _Filler:
     def __init__(self, ds: dict, where: str):
         self.ds, self.where = ds, where
 
-    def fill(self, dotted: str, value: Any, run_key: str, required: bool = True) -> None:
+    def fill(self, dotted: str, value: Any, run_key: str) -> None:
         """Set ds[dotted] to `value` when auto/missing; check an explicit literal against it."""
         *parents, leaf = dotted.split(".")
         node = self.ds
@@ -41,8 +41,7 @@ class _Filler:
             node = node.setdefault(part, {})
         current = node.get(leaf, "auto")
         if current == "auto":
-            if value is not None or required:
-                node[leaf] = value
+            node[leaf] = value
         elif not _same(current, value):
             raise ConfigError(
                 f"{self.where}: '{dotted}' is {current!r} but the RunConfig's '{run_key}' gives "
