@@ -4,12 +4,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rtune_ds.data.debian import default_cache_dir, prepare_corpora
+from rtune_ds.config import ConfigError
+from rtune_ds.data.prepare import PrepareError, default_cache_dir, prepare_corpora
 
 
 def run(args) -> None:
-    summary = prepare_corpora(
-        Path(args.out), Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
-        wordnet_src=Path(args.wordnet_dir) if args.wordnet_dir else None,
-        foldoc_src=Path(args.foldoc_dir) if args.foldoc_dir else None)
+    try:
+        summary = prepare_corpora(
+            Path(args.out), Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
+            wordnet_src=Path(args.wordnet_dir) if args.wordnet_dir else None,
+            foldoc_src=Path(args.foldoc_dir) if args.foldoc_dir else None)
+    except PrepareError as err:
+        raise ConfigError(str(err)) from None
     print(json.dumps({k: v for k, v in summary.items() if k != "rules"}, indent=2))
