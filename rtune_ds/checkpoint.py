@@ -28,15 +28,36 @@ def latest_tag(ckpt_dir: Path) -> str | None:
     if not latest.is_file():
         return None
     tag = latest.read_text().strip()
-    return tag if (ckpt_dir / tag).is_dir() else None
+    return tag if tag and (ckpt_dir / tag).is_dir() else None
+
+
+def _fsync_tree(path: Path) -> None:
+    for file in path.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as fh:
+                os.fsync(fh.fileno())
 
 
 def save(engine, ckpt_dir: Path, step: int, client_state: dict) -> None:
-    """All ranks call this. DeepSpeed writes `latest` last, after every rank's files."""
-    tag = _tag(step)
-    (ckpt_dir / tag).mkdir(parents=True, exist_ok=True)
-    torch.save({"torch": torch.get_rng_state()}, ckpt_dir / tag / f"rng_rank{dist.rank()}.pt")
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state)
+    """All ranks call this. The checkpoint is written under a staging name, synced, renamed into
+    place, and only then named in `latest`: a kill at any moment leaves the previous checkpoint
+    the one a resume picks up. (Rank 0 renames: the checkpoint dir must be on a shared file
+    system across nodes, as DeepSpeed's `latest` already assumes.)"""
+    tag, staging = _tag(step), f".tmp-{_tag(step)}"
+    if dist.is_main():
+        shutil.rmtree(ckpt_dir / staging, ignore_errors=True)
+    dist.barrier()
+    (ckpt_dir / staging).mkdir(parents=True, exist_ok=True)
+    torch.save({"torch": torch.get_rng_state()}, ckpt_dir / staging / f"rng_rank{dist.rank()}.pt")
+    engine.save_checkpoint(str(ckpt_dir), tag=staging, client_state=client_state,
+                           save_latest=False)
+    if dist.is_main():
+        _fsync_tree(ckpt_dir / staging)
+        shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
+        os.replace(ckpt_dir / staging, ckpt_dir / tag)
+        (ckpt_dir / "latest.tmp").write_text(tag)
+        os.replace(ckpt_dir / "latest.tmp", ckpt_dir / "latest")
+    dist.barrier()
 
 
 def load(engine, ckpt_dir: Path, tag: str) -> dict:
