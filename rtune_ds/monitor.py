@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
@@ -25,7 +26,8 @@ class Monitor:
         self.writer = SummaryWriter(str(run_dir / "tensorboard"),
                                     purge_step=start_step + 1 if start_step else None)
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True,
-                        disable=os.environ.get("RTUNE_NO_PROGRESS") == "1")
+                        disable=os.environ.get("RTUNE_NO_PROGRESS") == "1",
+                        mininterval=0.1 if sys.stderr.isatty() else 30.0)  # quiet logs
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
