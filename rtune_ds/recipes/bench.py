@@ -4,7 +4,7 @@ data, batch and precision, in one process (1 rank). Prints JSON.
 The plain loop is what a user would write without DeepSpeed: AdamW, gradient clipping, the same LR
 schedule, and `torch.autocast(bfloat16)` for bf16. Timing covers whole optimizer steps (batch
 building included) after `warmup` steps; each side runs `repeats` times, interleaved, and the
-median is reported.
+median is reported. The JSON is printed and written to run_dir/bench/throughput.json.
 """
 from __future__ import annotations
 
@@ -94,5 +94,7 @@ def throughput(cfg: RunConfig, where: str, steps: int, warmup: int, repeats: int
         "ratio": statistics.median(trainer) / statistics.median(plain),
         "trainer_runs": trainer, "plain_runs": plain,
     }
-    print(json.dumps(report, indent=2))
+    text = json.dumps(report, indent=2)
+    (bench_dir / "throughput.json").write_text(text + "\n")  # DeepSpeed also logs to stdout
+    print(text)
     return report
