@@ -3,6 +3,7 @@ any ZeRO stage, and the lineage record that makes an artifact explain itself."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -13,9 +14,15 @@ from pathlib import Path
 
 import deepspeed
 import torch
+from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO,
+                                            UNIVERSAL_CHECKPOINT_VERSION_KEY,
+                                            UNIVERSAL_CHECKPOINT_VERSION_VALUE)
 
 from rtune_ds import __version__, dist
 from rtune_ds.config import ConfigError, save_json
+
+
+RUN_STATE = "rtune_state.json"
 
 
 def _tag(step: int) -> str:
@@ -49,15 +56,50 @@ def save(engine, ckpt_dir: Path, step: int, client_state: dict) -> None:
     dist.barrier()
     (ckpt_dir / staging).mkdir(parents=True, exist_ok=True)
     torch.save({"torch": torch.get_rng_state()}, ckpt_dir / staging / f"rng_rank{dist.rank()}.pt")
-    engine.save_checkpoint(str(ckpt_dir), tag=staging, client_state=client_state,
+    # the marker ds_to_universal needs to convert this checkpoint for another world size
+    ucp = {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY:
+                                       UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
+    engine.save_checkpoint(str(ckpt_dir), tag=staging, client_state={**client_state, **ucp},
                            save_latest=False)
     if dist.is_main():
+        save_json({k: client_state[k] for k in ("step", "world_size", "global_batch")}
+                  | {"zero_stage": engine.zero_optimization_stage()},
+                  ckpt_dir / staging / RUN_STATE)
         _fsync_tree(ckpt_dir / staging)
         shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
         os.replace(ckpt_dir / staging, ckpt_dir / tag)
         (ckpt_dir / "latest.tmp").write_text(tag)
         os.replace(ckpt_dir / "latest.tmp", ckpt_dir / "latest")
     dist.barrier()
+
+
+def saved_run_state(ckpt_dir: Path, tag: str) -> dict:
+    """World size, global batch, step and ZeRO stage a checkpoint was saved with."""
+    return json.loads((ckpt_dir / tag / RUN_STATE).read_text())
+
+
+def universal_tag(tag: str) -> str:
+    return f"{tag}_universal"
+
+
+def convert_to_universal(ckpt_dir: Path, tag: str) -> None:
+    """Rank 0 converts `tag` with DeepSpeed's ds_to_universal (once; written, then renamed)."""
+    target = ckpt_dir / universal_tag(tag)
+    if target.is_dir():
+        return
+    staging = ckpt_dir / f".tmp-{universal_tag(tag)}"
+    shutil.rmtree(staging, ignore_errors=True)
+    proc = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
+                           "--input_folder", str(ckpt_dir / tag), "--output_folder", str(staging),
+                           "--num_extract_workers", "1", "--num_merge_workers", "1"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ConfigError(f"{ckpt_dir / tag}: conversion to a universal checkpoint failed: "
+                          f"{proc.stderr.strip()[-800:]}")
+    for file in (ckpt_dir / tag).glob("rng_rank*.pt"):
+        shutil.copy(file, staging)
+    shutil.copy(ckpt_dir / tag / RUN_STATE, staging)
+    os.replace(staging, target)
 
 
 def load(engine, ckpt_dir: Path, tag: str) -> dict:

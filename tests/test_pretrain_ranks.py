@@ -116,3 +116,22 @@ def test_two_node_no_ssh_launch_matches_single_node(runs, tmp_path, cache_dir):
         check(results[r])
     assert summary(run_dir)["world_size"] == 2
     assert max_weight_diff(reference, run_dir) <= 1e-6
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_resume_at_another_world_size_through_universal_checkpoint(runs, stage, tmp_path,
+                                                                  cache_dir):
+    full = runs(stage, stage)
+    run_dir = tmp_path / "ws"
+    cfg = write_config(tmp_path / "ws.yaml", tiny_config(run_dir))
+    args = ["pretrain", "--config", str(cfg), "--ds-config", f"ds_configs/{stage}.json",
+            "--resume", "auto"]
+    check(rtune([*args, "train.stop_after=8"], cache_dir, nproc=2))
+    refused = rtune(args, cache_dir, nproc=1)  # 1 rank x micro 4 x accum 2 != the saved 16
+    assert refused.returncode == 2 and "train.global_batch_size=16" in refused.stderr
+    check(rtune([*args, "train.global_batch_size=16"], cache_dir, nproc=1))
+    assert summary(run_dir)["world_size"] == 1
+    assert (run_dir / "checkpoints" / "step_00000008_universal").is_dir()
+    a, b = train_losses(full), train_losses(run_dir)
+    assert list(b) == list(range(1, 17))
+    assert max(abs(a[s] - b[s]) for s in a) <= 1e-4

@@ -39,6 +39,7 @@ class Plan:
     precision: str
     grad_accum: int
     resume_tag: str | None
+    universal: bool  # resume at another world size through a universal checkpoint
 
 
 def parent_min_lr(model_path: str, where: str) -> float:
@@ -97,8 +98,20 @@ def plan(cfg: RunConfig, where: str, resume: str | None) -> Plan:
     ds_config, precision = resolve_ds_config(ds_in, ds_where, cfg, world, grad_accum,
                                              schedule.peak_lr, hidden)
     tag = resume_tag_of(Path(cfg.run_dir), resume)
+    universal = False
+    if tag is not None:
+        saved = checkpoint.saved_run_state(Path(cfg.run_dir) / "checkpoints", tag)
+        if saved["global_batch"] != ds_config["train_batch_size"]:
+            raise ConfigError(
+                f"{where}: key 'train.global_batch_size': the checkpoint {tag} was trained with a "
+                f"global batch of {saved['global_batch']} (world size {saved['world_size']}); this "
+                f"launch has {ds_config['train_batch_size']}: set train.global_batch_size="
+                f"{saved['global_batch']}")
+        universal = saved["world_size"] != world
+        if universal:
+            ds_config.setdefault("checkpoint", {})["load_universal"] = True
     return Plan(cfg, where, objective, schedule, switch_step_of(cfg, schedule), ds_config,
-                precision, grad_accum, tag)
+                precision, grad_accum, tag, universal)
 
 
 def load_inputs(p: Plan):
@@ -143,6 +156,11 @@ def write_run_files(p: Plan) -> Path:
 def run(cfg: RunConfig, where: str, resume: str | None, command: str) -> engine.TrainResult:
     p = plan(cfg, where, resume)
     dist.init()
+    resume_tag = p.resume_tag
+    if p.universal:
+        ckpt_dir = Path(cfg.run_dir) / "checkpoints"
+        dist.main_first(lambda: checkpoint.convert_to_universal(ckpt_dir, p.resume_tag))
+        resume_tag = checkpoint.universal_tag(p.resume_tag)
     tokenizer, data = load_inputs(p)
     run_dir = write_run_files(p)
     model = build_model(p, tokenizer)
@@ -154,7 +172,7 @@ def run(cfg: RunConfig, where: str, resume: str | None, command: str) -> engine.
         run_dir=run_dir, ds_config=p.ds_config, schedule=p.schedule, max_steps=t.max_steps,
         micro_batch=t.micro_batch_size, grad_accum=p.grad_accum,
         tokens_per_sample=cfg.data.seq_len, stop_after=t.stop_after, eval_every=t.eval_every,
-        save_every=t.save_every, log_every=t.log_every, resume_tag=p.resume_tag)
+        save_every=t.save_every, log_every=t.log_every, resume_tag=resume_tag)
     result = engine.train(model, spec, source, lm_loss,
                           lambda module: evaluate_lm(module, data.eval_sets, objective,
                                                      t.micro_batch_size))

@@ -43,6 +43,8 @@ class LoopSpec:
     log_every: int = 1
     resume_tag: str | None = None
     save_checkpoints: bool = True
+    best_metric: str | None = None  # keep the weights of the best eval by this key; reload at the end
+    best_mode: str = "max"  # max | min
 
 
 @dataclass
@@ -52,11 +54,59 @@ class TrainResult:
     finished: bool
     tokens: int
     last_eval: dict[str, float] = field(default_factory=dict)
+    best_eval: dict[str, float] = field(default_factory=dict)  # with spec.best_metric
+    best_step: int | None = None
     step_times: list[float] = field(default_factory=list)
 
     @property
     def median_step_time(self) -> float:
         return statistics.median(self.step_times) if self.step_times else float("nan")
+
+
+def _local(param: torch.Tensor) -> torch.Tensor:
+    """This rank's copy of a parameter: its ZeRO-3 partition, or the full tensor."""
+    return param.ds_tensor if hasattr(param, "ds_tensor") else param.data
+
+
+class BestState:
+    """The trainable weights at the best eval so far, as this rank holds them (a ZeRO-3 partition,
+    plus the full tensor of parameters ZeRO-3 keeps gathered), in CPU memory and in checkpoints."""
+
+    def __init__(self, metric: str, mode: str):
+        self.metric, self.mode = metric, mode
+        self.step: int | None = None
+        self.eval: dict[str, float] = {}
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def offer(self, module: torch.nn.Module, step: int, scores: dict[str, float]) -> None:
+        if self.metric not in scores:
+            raise ConfigError(f"best metric '{self.metric}' is not among the eval metrics "
+                              f"({', '.join(sorted(scores))})")
+        value, best = scores[self.metric], self.eval.get(self.metric)
+        if best is not None and not (value > best if self.mode == "max" else value < best):
+            return
+        self.step, self.eval = step, dict(scores)
+        self.tensors = {}
+        for name, p in module.named_parameters():
+            if p.requires_grad:
+                self.tensors[name] = _local(p).detach().cpu().clone()
+                if getattr(p, "ds_persist", False):
+                    self.tensors[name + "#full"] = p.data.detach().cpu().clone()
+
+    def restore(self, module: torch.nn.Module) -> None:
+        with torch.no_grad():
+            for name, p in module.named_parameters():
+                if name in self.tensors:
+                    _local(p).copy_(self.tensors[name])
+                    if name + "#full" in self.tensors:
+                        p.data.copy_(self.tensors[name + "#full"])
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "eval": self.eval, "tensors": self.tensors}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if state:
+            self.step, self.eval, self.tensors = state["step"], state["eval"], state["tensors"]
 
 
 def train(model: torch.nn.Module, spec: LoopSpec, source: BatchSource,
@@ -77,13 +127,16 @@ def train(model: torch.nn.Module, spec: LoopSpec, source: BatchSource,
     step = tokens = 0
     if spec.resume_tag:
         state = checkpoint.load(engine, ckpt_dir, spec.resume_tag)
-        if state["world_size"] != world or state["global_batch"] != global_batch:
+        if state["global_batch"] != global_batch:  # the data order is per global batch
             raise ConfigError(
-                f"{ckpt_dir / spec.resume_tag}: saved at world size {state['world_size']} with "
-                f"global batch {state['global_batch']}; this launch has {world} and {global_batch}")
+                f"{ckpt_dir / spec.resume_tag}: saved with global batch {state['global_batch']}; "
+                f"this launch has {global_batch}")
         step, tokens = state["step"], state["tokens"]
         source.load_state_dict(state["data"])
 
+    best = BestState(spec.best_metric, spec.best_mode) if spec.best_metric else None
+    if best and spec.resume_tag:
+        best.load_state_dict(state.get("best"))
     monitor = Monitor(spec.run_dir, step, spec.max_steps)
     result = TrainResult(engine, step, False, tokens)
 
@@ -95,12 +148,15 @@ def train(model: torch.nn.Module, spec: LoopSpec, source: BatchSource,
             result.last_eval = evaluate(engine.module)
         engine.train()
         monitor.log(step, result.last_eval)
+        if best:
+            best.offer(engine.module, step, result.last_eval)
 
     def save() -> None:
         if spec.save_checkpoints:
             checkpoint.save(engine, ckpt_dir, step, {
                 "step": step, "tokens": tokens, "data": source.state_dict(),
-                "world_size": world, "global_batch": global_batch})
+                "world_size": world, "global_batch": global_batch,
+                **({"best": best.state_dict()} if best else {})})
 
     if step == 0 and evaluate is not None and spec.eval_every:
         run_eval()  # the step-0 point shows where training starts from
@@ -145,4 +201,7 @@ def train(model: torch.nn.Module, spec: LoopSpec, source: BatchSource,
         save()
     monitor.close()
     result.step, result.tokens, result.finished = step, tokens, step >= spec.max_steps
+    if best and result.finished and best.step is not None:
+        best.restore(engine.module)  # the optimizer is not rolled back: training has ended
+        result.best_eval, result.best_step = best.eval, best.step
     return result
