@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,6 +186,7 @@ def finish(p: Plan, result: engine.TrainResult, tokenizer, data: LMData, command
     """Export final/ with lineage; record every rank's weight digest in summary.json."""
     run_dir = Path(p.cfg.run_dir)
     digests = dist.all_gather_object(checkpoint.weights_digest(result.engine))
+    peak_rss_mb = dist.all_gather_object(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     s = p.schedule
     lineage = checkpoint.lineage_record(
         command, p.cfg.to_dict(), p.cfg.model.path, data.describe(), result.step, result.tokens,
@@ -198,5 +200,5 @@ def finish(p: Plan, result: engine.TrainResult, tokenizer, data: LMData, command
         save_json({"step": result.step, "tokens": result.tokens, "world_size": dist.world_size(),
                    "zero_stage": p.ds_config["zero_optimization"]["stage"],
                    "precision": p.precision, "final_eval": result.last_eval,
-                   "rank_weight_digests": digests,
+                   "rank_weight_digests": digests, "peak_rss_mb_per_rank": peak_rss_mb,
                    "median_step_time_s": result.median_step_time}, run_dir / "summary.json")

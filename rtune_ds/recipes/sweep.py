@@ -1,0 +1,96 @@
+"""rtune sweep: the same job once per DeepSpeed config, each a real launch, then one table.
+
+Each launch goes to OUT/<config name>/ and leaves its summary.json; the table (markdown + JSON +
+TensorBoard hparams under OUT/tensorboard) has tokens/s, step time, peak memory per rank, the final
+eval loss, and whether the final losses agree within the stated tolerance.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from rtune_ds.config import ConfigError, load_run_config
+
+LOSS_TOLERANCE = 1e-3  # absolute, on the final eval loss: ZeRO stages only reorder reductions
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(job: str, ds_config: str, nproc: int, run_dir: Path,
+                   overrides: list[str]) -> list[str]:
+    deepspeed = str(Path(sys.executable).parent / "deepspeed")
+    return [deepspeed, "--num_gpus", str(nproc), "--master_port", str(_free_port()),
+            "--module", "rtune_ds", "pretrain", "--config", job, "--ds-config", ds_config,
+            f"run_dir={run_dir}", *overrides]
+
+
+def row_of(name: str, run_dir: Path) -> dict:
+    s = json.loads((run_dir / "summary.json").read_text())
+    return {"config": name, "world_size": s["world_size"], "zero_stage": s["zero_stage"],
+            "precision": s["precision"], "tokens_per_s": s["tokens"] / s["step"]
+            / s["median_step_time_s"], "median_step_time_s": s["median_step_time_s"],
+            "peak_rss_mb_per_rank": s["peak_rss_mb_per_rank"],
+            "final_eval_loss": s["final_eval"]["eval/loss"]}
+
+
+def markdown(rows: list[dict], agree: bool) -> str:
+    lines = ["| config | ranks | ZeRO | precision | tokens/s | step time (s) | peak RSS per rank (MB) "
+             "| final eval loss |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['config']} | {r['world_size']} | {r['zero_stage']} | {r['precision']} "
+                     f"| {r['tokens_per_s']:.0f} | {r['median_step_time_s']:.3f} | "
+                     f"{' / '.join(f'{m:.0f}' for m in r['peak_rss_mb_per_rank'])} | "
+                     f"{r['final_eval_loss']:.5f} |")
+    lines.append("")
+    lines.append(f"Final eval losses agree within {LOSS_TOLERANCE}: {'yes' if agree else 'NO'}")
+    return "\n".join(lines) + "\n"
+
+
+def run(job: str, ds_configs: list[str], nproc: int, out: str, overrides: list[str]) -> dict:
+    load_run_config(job, overrides + ["run_dir=sweep-check"])  # bad input fails before any launch
+    for path in ds_configs:
+        if not Path(path).is_file():
+            raise ConfigError(f"--ds-configs: DeepSpeed JSON not found: {path}")
+    out_dir = Path(out)
+    rows = []
+    for path in ds_configs:
+        name = Path(path).stem
+        run_dir = out_dir / name
+        cmd = launch_command(job, path, nproc, run_dir, overrides)
+        print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        proc = subprocess.run(cmd, env=env)
+        if proc.returncode != 0:
+            raise ConfigError(f"sweep: the launch for {path} failed with exit code "
+                              f"{proc.returncode}; its run dir is {run_dir}")
+        rows.append(row_of(name, run_dir))
+    losses = [r["final_eval_loss"] for r in rows]
+    agree = max(losses) - min(losses) <= LOSS_TOLERANCE
+    report = {"job": job, "nproc": nproc, "loss_tolerance": LOSS_TOLERANCE,
+              "losses_agree": agree, "rows": rows}
+    (out_dir / "sweep.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "sweep.md").write_text(markdown(rows, agree))
+    _tensorboard(out_dir, rows)
+    print(markdown(rows, agree))
+    return report
+
+
+def _tensorboard(out_dir: Path, rows: list[dict]) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    for r in rows:
+        with SummaryWriter(str(out_dir / "tensorboard" / r["config"])) as writer:
+            writer.add_hparams({"config": r["config"], "zero_stage": r["zero_stage"],
+                                "world_size": r["world_size"]},
+                               {"sweep/tokens_per_s": r["tokens_per_s"],
+                                "sweep/step_time_s": r["median_step_time_s"],
+                                "sweep/peak_rss_mb": max(r["peak_rss_mb_per_rank"]),
+                                "sweep/final_eval_loss": r["final_eval_loss"]}, run_name=".")
