@@ -42,6 +42,11 @@ def test_hostfile_command_writes_deepspeed_env(tmp_path):
     assert "RTUNE_CACHE=/shared/cache" in (tmp_path / ".deepspeed_env").read_text()
 
 
+def test_openmpi_command(tmp_path):
+    out = launch("openmpi.sh", {"HOSTFILE": "hosts", "CWD": str(tmp_path)}, "pretrain").stdout.split()
+    assert out[:6] == ["--hostfile", "hosts", "--launcher", "openmpi", "--module", "rtune_ds"]
+
+
 def test_slurm_derives_master_and_node_rank(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
