@@ -28,6 +28,12 @@ def parser() -> argparse.ArgumentParser:
     prep.add_argument("--cache-dir", help="where .deb packages are fetched and unpacked")
     prep.add_argument("--wordnet-dir", help="local wordnet-base files (dir or .deb) instead of apt")
     prep.add_argument("--foldoc-dir", help="local dict-foldoc files (dir or .deb) instead of apt")
+    sweep = sub.add_parser("sweep", help="the same job once per DeepSpeed config, then a table")
+    sweep.add_argument("--job", required=True, help="RunConfig of a pretraining job")
+    sweep.add_argument("--ds-configs", nargs="+", required=True, help="DeepSpeed JSON files")
+    sweep.add_argument("--nproc", type=int, default=2, help="ranks per launch")
+    sweep.add_argument("--out", default="runs/sweep", help="one run dir per config below this")
+    sweep.add_argument("overrides", nargs="*", help="dotted overrides for every launch")
     bench = sub.add_parser("bench", help="benchmarks that print JSON").add_subparsers(
         dest="bench_command", required=True)
     tp = bench.add_parser("throughput", help="trainer vs a plain PyTorch loop, tokens/s (1 rank)")
@@ -35,6 +41,10 @@ def parser() -> argparse.ArgumentParser:
     tp.add_argument("--steps", type=int, default=30)
     tp.add_argument("--warmup", type=int, default=5)
     tp.add_argument("--repeats", type=int, default=3)
+    cmp = bench.add_parser("compare", help="trainer vs HF Trainer vs plain DDP (under the launcher)")
+    _add_run_args(cmp)
+    cmp.add_argument("--steps", type=int, default=30)
+    cmp.add_argument("--warmup", type=int, default=5)
     return ap
 
 
@@ -62,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg, where = run_config(args)
             pretrain.run(cfg, where, args.resume, "rtune " + " ".join(argv))
+        elif args.command == "sweep":
+            from rtune_ds.recipes import sweep
+
+            sweep.run(args.job, args.ds_configs, args.nproc, args.out, args.overrides)
         elif args.command == "data":
             from rtune_ds.recipes import prepare_data
 
@@ -70,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             from rtune_ds.recipes import bench
 
             cfg, where = run_config(args)
-            bench.throughput(cfg, where, args.steps, args.warmup, args.repeats)
+            if args.bench_command == "throughput":
+                bench.throughput(cfg, where, args.steps, args.warmup, args.repeats)
+            else:
+                bench.compare(cfg, where, args.steps, args.warmup)
     except ConfigError as err:
         rank = os.environ.get("RANK", "0")
         print(f"rtune: error{'' if rank == '0' else f' (rank {rank})'}: {err}", file=sys.stderr)

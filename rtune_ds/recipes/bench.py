@@ -1,10 +1,13 @@
-"""rtune bench throughput: tokens/s of the trainer against a plain PyTorch loop on the same model,
-data, batch and precision, in one process (1 rank). Prints JSON.
+"""Benchmarks that print JSON (and write it to run_dir/bench/, since DeepSpeed logs to stdout too).
+
+- `throughput`: the trainer against a plain PyTorch loop, 1 rank, 2 threads.
+- `compare`: under the launcher (N ranks), the trainer against Hugging Face `Trainer` with the same
+  model, data, precision and DeepSpeed JSON, and against a plain PyTorch DDP loop.
 
 The plain loop is what a user would write without DeepSpeed: AdamW, gradient clipping, the same LR
-schedule, and `torch.autocast(bfloat16)` for bf16. Timing covers whole optimizer steps (batch
-building included) after `warmup` steps; each side runs `repeats` times, interleaved, and the
-median is reported. The JSON is printed and written to run_dir/bench/throughput.json.
+schedule, `torch.autocast(bfloat16)` for bf16, DDP when there are several ranks. Timing covers
+whole optimizer steps (batch building included) after `warmup` steps; the median step time gives
+tokens/s. `throughput` repeats each side `repeats` times, interleaved, and reports the medians.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from rtune_ds import dist
 from rtune_ds.config import ConfigError, RunConfig
 from rtune_ds.data.blend import Blend
+from rtune_ds.ds_config import read_ds_config
 from rtune_ds.recipes.pretrain import build_model, load_inputs, plan
 from rtune_ds.train import engine
 from rtune_ds.train.objectives import lm_loss, make_objective
@@ -29,23 +33,30 @@ from rtune_ds.train.objectives import lm_loss, make_objective
 
 def _plain_loop(p, model, source: Blend, steps: int, warmup: int) -> list[float]:
     t, s = p.cfg.train, p.schedule
+    world, rank = dist.world_size(), dist.rank()
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.AdamW(model.parameters(), lr=s.peak_lr, betas=tuple(t.betas), eps=t.eps,
                             weight_decay=t.weight_decay)
     sched = LambdaLR(opt, lambda i: s.lr(i) / s.peak_lr)
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if p.precision == "bf16"
                 else contextlib.nullcontext())
-    micro, batch = t.micro_batch_size, t.micro_batch_size * p.grad_accum
+    micro, batch = t.micro_batch_size, t.micro_batch_size * p.grad_accum * world
     times = []
     model.train()
     for step in range(warmup + steps):
         started = time.perf_counter()
         rows = source.global_batch(step, batch)
         for m in range(p.grad_accum):
-            inputs = source.make_inputs(rows[m * micro:(m + 1) * micro],
-                                        list(range(step * batch + m * micro, step * batch + (m + 1) * micro)))
-            with autocast:
+            start = (m * world + rank) * micro
+            inputs = source.make_inputs(rows[start:start + micro],
+                                        list(range(step * batch + start, step * batch + start + micro)))
+            last = m == p.grad_accum - 1
+            sync = contextlib.nullcontext() if last or world == 1 else model.no_sync()
+            with sync, autocast:
                 loss = lm_loss(model, inputs) / p.grad_accum
-            loss.backward()
+            with sync:
+                loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         opt.step()
         sched.step()
@@ -55,46 +66,115 @@ def _plain_loop(p, model, source: Blend, steps: int, warmup: int) -> list[float]
     return times[warmup:]
 
 
-def throughput(cfg: RunConfig, where: str, steps: int, warmup: int, repeats: int) -> dict:
-    if dist.world_size() != 1:
-        raise ConfigError("rtune bench throughput runs on 1 rank; launch it without the launcher")
-    torch.set_num_threads(2)
+def _trainer_loop(p, model, source: Blend, steps: int, warmup: int, run_dir: Path) -> list[float]:
+    cfg = p.cfg
+    shutil.rmtree(run_dir, ignore_errors=True)
+    spec = engine.LoopSpec(run_dir=run_dir, ds_config=p.ds_config, schedule=p.schedule,
+                           max_steps=warmup + steps, micro_batch=cfg.train.micro_batch_size,
+                           grad_accum=p.grad_accum, tokens_per_sample=cfg.data.seq_len,
+                           log_every=cfg.train.log_every, save_checkpoints=False)
+    return engine.train(model, spec, source, lm_loss).step_times[warmup:]
+
+
+def _hf_trainer_loop(p, model, blocks: torch.Tensor, steps: int, warmup: int,
+                     run_dir: Path) -> list[float]:
+    """HF Trainer + its own DeepSpeed integration, fed the raw DeepSpeed JSON ("auto" and all)."""
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    class Blocks(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(blocks)
+
+        def __getitem__(self, i):
+            return {"input_ids": blocks[i], "labels": blocks[i]}
+
+    marks: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            marks.append(time.perf_counter())
+
+    t, s = p.cfg.train, p.schedule
+    raw_ds, _ = read_ds_config(p.cfg.deepspeed)
+    args = TrainingArguments(
+        output_dir=str(run_dir), max_steps=warmup + steps,
+        per_device_train_batch_size=t.micro_batch_size, gradient_accumulation_steps=p.grad_accum,
+        learning_rate=s.peak_lr, weight_decay=t.weight_decay, adam_beta1=t.betas[0],
+        adam_beta2=t.betas[1], adam_epsilon=t.eps, max_grad_norm=t.grad_clip,
+        lr_scheduler_type="cosine", warmup_steps=s.warmup_steps, bf16=p.precision == "bf16",
+        logging_steps=t.log_every, save_strategy="no", report_to=[], deepspeed=raw_ds,
+        dataloader_num_workers=0, seed=p.cfg.seed, disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available())  # else accelerate counts one process on CPU
+    trainer = Trainer(model=model, args=args, train_dataset=Blocks(), callbacks=[StepTimer()])
+    trainer.train()
+    if not trainer.is_deepspeed_enabled:
+        raise ConfigError("HF Trainer did not run DeepSpeed here; no fair comparison")
+    return [b - a for a, b in zip(marks[warmup:], marks[warmup + 1:])]
+
+
+def _setup(cfg: RunConfig, where: str, steps: int, warmup: int):
     cfg = replace(cfg, train=replace(cfg.train, max_steps=warmup + steps, eval_every=0,
                                      save_every=0, stop_after=None))
     p = plan(cfg, where, resume=None)
     dist.init()
     tokenizer, data = load_inputs(p)
     objective = make_objective(p.objective, tokenizer, cfg.seed, cfg.model.mlm_probability)
-    tokens_per_step = cfg.train.micro_batch_size * p.grad_accum * cfg.data.seq_len
 
     def blend() -> Blend:
         return Blend(data.names, data.train_blocks, data.phases, p.switch_step, cfg.seed,
                      collate=objective.batch)
 
+    tokens_per_step = cfg.train.micro_batch_size * p.grad_accum * dist.world_size() * cfg.data.seq_len
+    return p, tokenizer, data, blend, tokens_per_step
+
+
+def _report(p, name: str, report: dict) -> dict:
+    report = {"model": p.cfg.model.preset or p.cfg.model.path, "precision": p.precision,
+              "zero_stage": p.ds_config["zero_optimization"]["stage"],
+              "world_size": dist.world_size(), "seq_len": p.cfg.data.seq_len, **report}
+    if dist.is_main():
+        text = json.dumps(report, indent=2)
+        bench_dir = Path(p.cfg.run_dir) / "bench"
+        bench_dir.mkdir(parents=True, exist_ok=True)
+        (bench_dir / f"{name}.json").write_text(text + "\n")
+        print(text)
+    return report
+
+
+def throughput(cfg: RunConfig, where: str, steps: int, warmup: int, repeats: int) -> dict:
+    if dist.world_size() != 1:
+        raise ConfigError("rtune bench throughput runs on 1 rank; launch it without the launcher")
+    torch.set_num_threads(2)
+    p, tokenizer, _, blend, tokens_per_step = _setup(cfg, where, steps, warmup)
     plain, trainer = [], []
-    bench_dir = Path(cfg.run_dir) / "bench"
     for r in range(repeats):
         times = _plain_loop(p, build_model(p, tokenizer), blend(), steps, warmup)
         plain.append(tokens_per_step / statistics.median(times))
-        run_dir = bench_dir / f"trainer_{r}"
-        shutil.rmtree(run_dir, ignore_errors=True)
-        spec = engine.LoopSpec(run_dir=run_dir, ds_config=p.ds_config, schedule=p.schedule,
-                               max_steps=warmup + steps, micro_batch=cfg.train.micro_batch_size,
-                               grad_accum=p.grad_accum, tokens_per_sample=cfg.data.seq_len,
-                               log_every=cfg.train.log_every, save_checkpoints=False)
-        result = engine.train(build_model(p, tokenizer), spec, blend(), lm_loss)
-        trainer.append(tokens_per_step / statistics.median(result.step_times[warmup:]))
-    report = {
-        "model": cfg.model.preset or cfg.model.path, "precision": p.precision,
-        "zero_stage": p.ds_config["zero_optimization"]["stage"], "threads": 2,
-        "seq_len": cfg.data.seq_len, "tokens_per_step": tokens_per_step, "steps": steps,
-        "repeats": repeats,
+        times = _trainer_loop(p, build_model(p, tokenizer), blend(), steps, warmup,
+                              Path(cfg.run_dir) / "bench" / f"trainer_{r}")
+        trainer.append(tokens_per_step / statistics.median(times))
+    return _report(p, "throughput", {
+        "threads": 2, "tokens_per_step": tokens_per_step, "steps": steps, "repeats": repeats,
         "trainer_tokens_per_s": statistics.median(trainer),
         "plain_pytorch_tokens_per_s": statistics.median(plain),
         "ratio": statistics.median(trainer) / statistics.median(plain),
-        "trainer_runs": trainer, "plain_runs": plain,
-    }
-    text = json.dumps(report, indent=2)
-    (bench_dir / "throughput.json").write_text(text + "\n")  # DeepSpeed also logs to stdout
-    print(text)
-    return report
+        "trainer_runs": trainer, "plain_runs": plain})
+
+
+def compare(cfg: RunConfig, where: str, steps: int, warmup: int) -> dict:
+    """One run under the launcher: trainer, HF Trainer, plain DDP, in that order, same settings."""
+    p, tokenizer, data, blend, tokens_per_step = _setup(cfg, where, steps, warmup)
+    bench_dir = Path(cfg.run_dir) / "bench"
+    per_s = {}
+    per_s["trainer"] = tokens_per_step / statistics.median(
+        _trainer_loop(p, build_model(p, tokenizer), blend(), steps, warmup, bench_dir / "trainer"))
+    per_s["hf_trainer"] = tokens_per_step / statistics.median(
+        _hf_trainer_loop(p, build_model(p, tokenizer), torch.cat(data.train_blocks), steps, warmup,
+                         bench_dir / "hf_trainer"))
+    per_s["plain_ddp"] = tokens_per_step / statistics.median(
+        _plain_loop(p, build_model(p, tokenizer), blend(), steps, warmup))
+    return _report(p, "compare", {
+        "tokens_per_step": tokens_per_step, "steps": steps,
+        **{f"{k}_tokens_per_s": v for k, v in per_s.items()},
+        "trainer_over_hf_trainer": per_s["trainer"] / per_s["hf_trainer"],
+        "trainer_over_plain_ddp": per_s["trainer"] / per_s["plain_ddp"]})
