@@ -21,6 +21,13 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rtune", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     _add_run_args(sub.add_parser("pretrain", help="(continual) pretraining of a base model"))
+    _add_run_args(sub.add_parser("finetune", help="tune a base for a task -> adapted-weights bundle"))
+    export = sub.add_parser("export", help="bundle + its base -> a plain merged HF model directory")
+    export.add_argument("--bundle", required=True, help="an adapted-weights bundle directory")
+    export.add_argument("--base", required=True, help="the base model directory it was tuned on")
+    export.add_argument("--out", required=True, help="output directory (replaced)")
+    export.add_argument("--allow-other-base", action="store_true",
+                        help="apply even if the base's fingerprint is not the bundle's")
     data = sub.add_parser("data", help="data preparation").add_subparsers(dest="data_command",
                                                                           required=True)
     prep = data.add_parser("prepare", help="build corpora from Debian's wordnet-base and dict-foldoc")
@@ -48,13 +55,13 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def run_config(args):
+def run_config(args, command: str = "pretrain"):
     from rtune_ds.config import load_run_config
 
     overrides = list(args.overrides)
     if args.ds_config:
         overrides.append(f"deepspeed={args.ds_config}")
-    return load_run_config(args.config, overrides), args.config or "command line"
+    return load_run_config(args.config, overrides, command), args.config or "command line"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     # the deepspeed launcher passes --local_rank=N first; LOCAL_RANK in the environment says the same
     argv = [a for a in argv if not a.startswith("--local_rank")]
     args = parser().parse_args(argv)
-    if args.command in ("pretrain", "bench") and args.resume not in (None, "auto", "required"):
+    if args.command in ("pretrain", "finetune", "bench") and args.resume not in (None, "auto", "required"):
         print(f"rtune: error: --resume must be 'auto' or 'required', got {args.resume!r}",
               file=sys.stderr)
         return 2
@@ -72,6 +79,16 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg, where = run_config(args)
             pretrain.run(cfg, where, args.resume, "rtune " + " ".join(argv))
+        elif args.command == "finetune":
+            from rtune_ds.recipes import finetune
+
+            cfg, where = run_config(args, "finetune")
+            finetune.run(cfg, where, args.resume, "rtune " + " ".join(argv))
+        elif args.command == "export":
+            from rtune_ds.recycle.bundle import export_merged
+
+            export_merged(args.bundle, args.base, args.out, "rtune " + " ".join(argv),
+                          check_fingerprint=not args.allow_other_base)
         elif args.command == "sweep":
             from rtune_ds.recipes import sweep
 

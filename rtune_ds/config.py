@@ -45,6 +45,7 @@ class ModelConfig:
     tokenizer: str | None = None  # a tokenizer dir; None: the model dir's, or trained on data.train
     mlm_probability: float = 0.15
     trust_remote_code: bool = False
+    architecture: str | None = None  # the HF model_type model.path must have (llama, roberta, ...)
 
 
 @dataclass
@@ -81,6 +82,46 @@ class TrainConfig:
 
 
 @dataclass
+class TaskConfig:
+    """A fine-tuning task: local jsonl/csv/parquet files with text,label or prompt,completion."""
+
+    type: str = "classification"  # classification | lm
+    train: str | None = None
+    dev: str | None = None
+    test: str | None = None
+    text_field: str = "text"
+    label_field: str = "label"
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+    labels: list[str] | None = None  # the label set, in order; None: the sorted labels of train
+    few_shot: int | None = None  # K examples per class (train and dev), seeded
+    max_len: int = 128  # tokens per example (longer ones are cut)
+    max_new_tokens: int = 32  # lm: greedy tokens for exact match (at most)
+    best_metric: str | None = None  # None: eval/accuracy (classification), eval/loss (lm)
+
+
+@dataclass
+class LoraSettings:
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] | None = None  # None: peft's default for the architecture
+
+
+@dataclass
+class IA3Settings:
+    target_modules: list[str] | None = None  # None: peft's default for the architecture
+    feedforward_modules: list[str] | None = None  # a subset of target_modules
+
+
+@dataclass
+class TuningConfig:
+    method: str = "full"  # full | lora | ia3
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    ia3: IA3Settings = field(default_factory=IA3Settings)
+
+
+@dataclass
 class RunConfig:
     run_dir: str = ""
     seed: int = 0
@@ -88,6 +129,8 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)  # finetune only
+    tuning: TuningConfig = field(default_factory=TuningConfig)  # finetune only
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -96,6 +139,8 @@ class RunConfig:
 SCHEDULES = ("cosine", "recipe", "constant")
 OBJECTIVES = ("clm", "mlm")
 PRECISIONS = ("fp32", "bf16")
+TASK_TYPES = ("classification", "lm")
+TUNING_METHODS = ("full", "lora", "ia3")
 
 
 def _type_name(tp: Any) -> str:
@@ -189,13 +234,13 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_run_config(path: str | None, overrides: list[str]) -> RunConfig:
+def load_run_config(path: str | None, overrides: list[str], command: str = "pretrain") -> RunConfig:
     data = read_mapping(path) if path else {}
     where = str(path) if path else "command line"
     if path and overrides:
         where += " + command-line overrides"
     cfg = build(RunConfig, apply_overrides(data, overrides), where)
-    validate(cfg, where)
+    validate(cfg, where, command)
     return cfg
 
 
@@ -210,15 +255,23 @@ def check_source_paths(sources: list[Source], key: str, where: str) -> None:
         _require(src.weight > 0, where, f"{key}[{i}].weight", f"must be > 0, got {src.weight}")
 
 
-def validate(cfg: RunConfig, where: str) -> None:
-    """Checks that need no model and no data loading: keys, ranges, paths that must exist."""
-    m, d, t = cfg.model, cfg.data, cfg.train
+def validate(cfg: RunConfig, where: str, command: str = "pretrain") -> None:
+    """Checks that need no model and no data loading: keys, ranges, paths that must exist.
+    `finetune` checks the task and tuning sections instead of the data section."""
+    m = cfg.model
     _require(bool(cfg.run_dir), where, "run_dir", "is required")
+    if command == "finetune":
+        _require(m.path is not None and m.preset is None, where, "model.path",
+                 "fine-tuning needs a base model directory (model.path), not a preset")
     _require((m.preset is None) != (m.path is None), where, "model.preset",
              "set exactly one of model.preset and model.path")
     if m.path is not None:
         _require(Path(m.path, "config.json").is_file(), where, "model.path",
                  f"not a Hugging Face model directory (no config.json): {m.path}")
+        if m.architecture is not None:
+            found = json.loads(Path(m.path, "config.json").read_text()).get("model_type")
+            _require(found == m.architecture, where, "model.architecture",
+                     f"'{m.architecture}', but the base model at {m.path} is a '{found}' model")
     if m.preset is not None:
         from rtune_ds.models import PRESETS
         _require(m.preset in PRESETS, where, "model.preset",
@@ -229,6 +282,15 @@ def validate(cfg: RunConfig, where: str) -> None:
         _require(Path(m.tokenizer).is_dir(), where, "model.tokenizer",
                  f"tokenizer directory not found: {m.tokenizer}")
     _require(0 < m.mlm_probability < 1, where, "model.mlm_probability", "must be in (0, 1)")
+    if command == "finetune":
+        validate_task(cfg, where)
+    else:
+        validate_data(cfg, where)
+    validate_train(cfg, where)
+
+
+def validate_data(cfg: RunConfig, where: str) -> None:
+    d, t = cfg.data, cfg.train
     _require(len(d.train) > 0, where, "data.train", "needs at least one source")
     check_source_paths(d.train, "data.train", where)
     check_source_paths(d.eval, "data.eval", where)
@@ -248,6 +310,38 @@ def validate(cfg: RunConfig, where: str) -> None:
         if d.switch.lr_fraction is not None:
             _require(0 < d.switch.lr_fraction < 1, where, "data.switch.lr_fraction",
                      "must be in (0, 1)")
+
+
+def validate_task(cfg: RunConfig, where: str) -> None:
+    k, u = cfg.task, cfg.tuning
+    _require(k.type in TASK_TYPES, where, "task.type", f"one of {TASK_TYPES}, got {k.type!r}")
+    _require(k.train is not None, where, "task.train", "is required (a jsonl/csv/parquet file)")
+    _require(k.dev is not None, where, "task.dev", "is required (a jsonl/csv/parquet file)")
+    for key in ("train", "dev", "test"):
+        path = getattr(k, key)
+        if path is not None:
+            _require(Path(path).is_file(), where, f"task.{key}", f"data file not found: {path}")
+    if k.labels is not None:
+        _require(len(k.labels) >= 2 and len(set(k.labels)) == len(k.labels), where,
+                 "task.labels", "needs at least two distinct labels")
+    if k.few_shot is not None:
+        _require(k.few_shot > 0, where, "task.few_shot", "must be > 0 (examples per class)")
+        _require(k.type == "classification", where, "task.few_shot",
+                 "few-shot sampling needs classes (task.type classification)")
+    _require(k.max_len >= 4, where, "task.max_len", f"must be >= 4, got {k.max_len}")
+    _require(k.max_new_tokens > 0, where, "task.max_new_tokens", "must be > 0")
+    _require(u.method in TUNING_METHODS, where, "tuning.method",
+             f"one of {TUNING_METHODS}, got {u.method!r}")
+    _require(u.lora.r > 0 and u.lora.alpha > 0, where, "tuning.lora.r", "r and alpha must be > 0")
+    _require(0 <= u.lora.dropout < 1, where, "tuning.lora.dropout", "must be in [0, 1)")
+    if u.ia3.feedforward_modules is not None:
+        _require(u.ia3.target_modules is not None
+                 and set(u.ia3.feedforward_modules) <= set(u.ia3.target_modules), where,
+                 "tuning.ia3.feedforward_modules", "must be a subset of tuning.ia3.target_modules")
+
+
+def validate_train(cfg: RunConfig, where: str) -> None:
+    t = cfg.train
     _require(t.max_steps > 0, where, "train.max_steps", "must be > 0")
     _require(t.micro_batch_size > 0, where, "train.micro_batch_size", "must be > 0")
     _require(t.grad_accum > 0, where, "train.grad_accum", "must be > 0")

@@ -77,6 +77,8 @@ class BestState:
         self.step: int | None = None
         self.eval: dict[str, float] = {}
         self.tensors: dict[str, torch.Tensor] = {}
+        self.world_size: int | None = None
+        self.partitioned = False  # ZeRO-3 partitions: valid only at the same world size
 
     def offer(self, module: torch.nn.Module, step: int, scores: dict[str, float]) -> None:
         if self.metric not in scores:
@@ -87,6 +89,8 @@ class BestState:
             return
         self.step, self.eval = step, dict(scores)
         self.tensors = {}
+        self.world_size = dist.world_size()
+        self.partitioned = any(hasattr(p, "ds_tensor") for p in module.parameters())
         for name, p in module.named_parameters():
             if p.requires_grad:
                 self.tensors[name] = _local(p).detach().cpu().clone()
@@ -102,11 +106,17 @@ class BestState:
                         p.data.copy_(self.tensors[name + "#full"])
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "eval": self.eval, "tensors": self.tensors}
+        return {"step": self.step, "eval": self.eval, "tensors": self.tensors,
+                "world_size": self.world_size, "partitioned": self.partitioned}
 
     def load_state_dict(self, state: dict | None) -> None:
-        if state:
-            self.step, self.eval, self.tensors = state["step"], state["eval"], state["tensors"]
+        if not state:
+            return
+        if state.get("partitioned") and state.get("world_size") != dist.world_size():
+            raise ConfigError(f"the best-dev weights in this checkpoint are ZeRO-3 partitions of "
+                              f"{state.get('world_size')} ranks; resume it on that many ranks")
+        self.step, self.eval, self.tensors = state["step"], state["eval"], state["tensors"]
+        self.world_size, self.partitioned = state.get("world_size"), state.get("partitioned")
 
 
 def train(model: torch.nn.Module, spec: LoopSpec, source: BatchSource,

@@ -11,7 +11,7 @@ import math
 import torch
 
 from rtune_ds import dist
-from rtune_ds.train.objectives import LMObjective
+from rtune_ds.train.objectives import IGNORE, LMObjective
 
 EVAL_KEY_OFFSET = 1 << 40  # eval masks never coincide with a training sample's
 
@@ -43,3 +43,93 @@ def evaluate_lm(model: torch.nn.Module, eval_sets: dict[str, torch.Tensor], obje
     total = (sums[0::2].sum() / sums[1::2].sum()).item()
     out["eval/loss"], out["eval/ppl"] = total, math.exp(min(total, 50.0))
     return out
+
+
+def classification_metrics(confusion: torch.Tensor) -> dict[str, float]:
+    """Accuracy and macro-F1 from a [gold, predicted] count matrix; the F1 mean runs over the
+    classes that occur in the gold labels or the predictions."""
+    confusion = confusion.double()
+    tp = confusion.diag()
+    gold, pred = confusion.sum(1), confusion.sum(0)
+    present = (gold + pred) > 0
+    f1 = 2 * tp / (gold + pred).clamp(min=1)
+    return {"eval/accuracy": (tp.sum() / confusion.sum().clamp(min=1)).item(),
+            "eval/f1": f1[present].mean().item() if present.any() else 0.0}
+
+
+def _shards(n: int, micro_batch: int):
+    """This rank's index lists, one per forward; every rank gets the same number (padding
+    batches are empty lists)."""
+    world, rank = dist.world_size(), dist.rank()
+    for b in range(math.ceil(n / (micro_batch * world))):
+        start = (b * world + rank) * micro_batch
+        yield list(range(start, min(start + micro_batch, n)))
+
+
+@torch.no_grad()
+def evaluate_classification(model: torch.nn.Module, examples, micro_batch: int,
+                            num_labels: int) -> dict[str, float]:
+    """eval/loss (mean cross-entropy), eval/accuracy and eval/f1 (macro) over all of `examples`,
+    which every rank holds; each rank runs its share and the counts are summed."""
+    confusion = torch.zeros(num_labels, num_labels, dtype=torch.float64)
+    loss_sum = torch.zeros(1, dtype=torch.float64)
+    for idx in _shards(len(examples), micro_batch):
+        weight = 1.0 if idx else 0.0
+        batch = examples.batch(idx or [0])  # a padding forward keeps ranks in step
+        logits = model(input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"]).logits.float()
+        loss = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
+        loss_sum += weight * loss.double()
+        if idx:
+            for g, p in zip(batch["labels"].tolist(), logits.argmax(-1).tolist()):
+                confusion[g, p] += 1
+    confusion, loss_sum = dist.all_reduce_sum(confusion), dist.all_reduce_sum(loss_sum)
+    return {"eval/loss": loss_sum.item() / len(examples), **classification_metrics(confusion)}
+
+
+@torch.no_grad()
+def greedy_completions(model: torch.nn.Module, input_ids: torch.Tensor, prompt_len: torch.Tensor,
+                       steps: int, pad_id: int) -> torch.Tensor:
+    """[B, steps] greedy tokens after each row's prompt: exactly `steps` forwards (no early stop,
+    no cache), so every rank runs the same sequence of ZeRO-3 forwards."""
+    rows = len(input_ids)
+    width = int(prompt_len.max()) + steps
+    buf = torch.full((rows, width), pad_id, dtype=torch.long)
+    for i in range(rows):
+        buf[i, :prompt_len[i]] = input_ids[i, :prompt_len[i]]
+    positions = torch.arange(width)
+    out = torch.empty(rows, steps, dtype=torch.long)
+    for t in range(steps):
+        cur = prompt_len + t  # where each row's next token goes
+        mask = (positions[None, :] < cur[:, None]).long()
+        logits = model(input_ids=buf[:, :int(cur.max())], attention_mask=mask[:, :int(cur.max())]).logits
+        nxt = logits[torch.arange(rows), cur - 1].argmax(-1)
+        buf[torch.arange(rows), cur] = nxt
+        out[:, t] = nxt
+    return out
+
+
+@torch.no_grad()
+def evaluate_sft(model: torch.nn.Module, examples, micro_batch: int, max_new_tokens: int,
+                 pad_id: int) -> dict[str, float]:
+    """eval/loss (mean over completion tokens) and eval/exact_match: the greedy continuation of the
+    prompt is the completion followed by EOS. Generation runs the same number of steps on every
+    rank: the longest completion (+EOS) of the set, at most max_new_tokens."""
+    targets = examples.labels != IGNORE
+    steps = min(int(targets.sum(1).max()), max_new_tokens)
+    sums = torch.zeros(3, dtype=torch.float64)  # loss x tokens, tokens, exact matches
+    for idx in _shards(len(examples), micro_batch):
+        weight = 1.0 if idx else 0.0
+        idx = idx or [0]
+        batch = examples.batch(idx)
+        loss = model(**batch).loss.double()
+        count = int((batch["labels"][:, 1:] != IGNORE).sum())
+        gen = greedy_completions(model, batch["input_ids"], examples.prompt_len[idx], steps,
+                                 pad_id)
+        hits = 0
+        for row, g in zip(batch["labels"], gen):
+            want = row[row != IGNORE]
+            hits += int(len(want) <= steps and torch.equal(g[:len(want)], want))
+        sums += weight * torch.tensor([loss.item() * count, count, hits], dtype=torch.float64)
+    sums = dist.all_reduce_sum(sums)
+    return {"eval/loss": (sums[0] / sums[1]).item(), "eval/exact_match": (sums[2] / len(examples)).item()}

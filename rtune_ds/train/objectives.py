@@ -62,3 +62,9 @@ def make_objective(kind: str, tokenizer, seed: int, mlm_probability: float) -> L
     return LMObjective(kind=kind, seed=seed, mask_token_id=tokenizer.mask_token_id,
                        vocab_size=len(tokenizer), special_ids=tuple(tokenizer.all_special_ids),
                        mlm_probability=mlm_probability)
+
+
+def classification_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy of the class logits (fp32) against the class ids in batch['labels']."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return torch.nn.functional.cross_entropy(logits.float(), batch["labels"])

@@ -1,0 +1,225 @@
+"""Fine-tuning data: a task's train/dev/test files (jsonl/csv/parquet through `datasets`), checked,
+few-shot sampled, tokenised into fixed-length padded tensors, and a seeded batch source over them.
+
+Every example of a split is padded to the same length (the longest in the split, at most
+task.max_len), so a batch does not depend on which rank or micro-batch holds it: the data order and
+the numbers are the same for 1 rank or many (the engine slices one global batch).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import torch
+
+from rtune_ds.config import ConfigError, TaskConfig
+from rtune_ds.data.corpus import LOADERS, content_hash
+from rtune_ds.train.objectives import IGNORE
+
+TABLE_LOADERS = {**{k: v for k, v in LOADERS.items() if v != "text"}, ".csv": "csv"}
+FEW_SHOT_SALT = {"train": 0, "dev": 1}
+
+
+def load_table(path: str, key: str, where: str) -> datasets.Dataset:
+    """All rows of a jsonl/json/csv/parquet file."""
+    loader = TABLE_LOADERS.get(Path(path).suffix)
+    if loader is None:
+        raise ConfigError(f"{where}: key '{key}': unsupported file type '{Path(path).suffix}' "
+                          f"(known: {', '.join(TABLE_LOADERS)})")
+    try:
+        return datasets.load_dataset(loader, data_files=str(path), split="train")
+    except Exception as err:  # datasets raises many types for unreadable input
+        raise ConfigError(f"{where}: key '{key}': cannot read {path}: {err}") from None
+
+
+@dataclass
+class Examples:
+    """Tokenised examples of one split. classification: labels [N] (class ids); lm: labels [N, L]
+    (completion tokens, IGNORE elsewhere) and prompt_len [N]."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    prompt_len: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def batch(self, idx) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids[idx], "attention_mask": self.attention_mask[idx],
+                "labels": self.labels[idx]}
+
+
+@dataclass
+class TaskData:
+    type: str
+    label_names: list[str] | None
+    splits: dict[str, Examples]  # train, dev, (test)
+    files: dict[str, str]
+    sizes: dict[str, int]
+
+    def describe(self) -> list[dict]:
+        """For lineage: every split file with its content hash and size after sampling."""
+        return [{"split": s, "path": str(Path(p).resolve()), "sha256": content_hash(p),
+                 "examples": self.sizes[s]} for s, p in self.files.items()]
+
+    def majority_baseline(self, split: str = "dev") -> float | None:
+        if self.type != "classification":
+            return None
+        labels = self.splits[split].labels
+        return torch.bincount(labels).max().item() / len(labels)
+
+
+def few_shot_indices(labels: list[int], k: int, seed: int) -> list[int]:
+    """K indices per class (all of a class with fewer), from a seeded permutation; in file order."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(labels), generator=g).tolist()
+    taken: dict[int, int] = {}
+    keep = []
+    for i in order:
+        if taken.get(labels[i], 0) < k:
+            taken[labels[i]] = taken.get(labels[i], 0) + 1
+            keep.append(i)
+    return sorted(keep)
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    """BOS + tokens + EOS (whatever of them the tokenizer has): the first token is what an
+    encoder's head reads, the last what a decoder's head reads."""
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    if tokenizer.bos_token_id is not None and (not ids or ids[0] != tokenizer.bos_token_id):
+        ids = [tokenizer.bos_token_id] + ids
+    if tokenizer.eos_token_id is not None and ids[-1] != tokenizer.eos_token_id:
+        ids = ids + [tokenizer.eos_token_id]
+    return ids
+
+
+def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return ids, mask
+
+
+def _column(ds: datasets.Dataset, name: str, field_key: str, path: str, where: str) -> list:
+    if name not in ds.column_names:
+        raise ConfigError(f"{path}: no '{name}' column (columns: {ds.column_names}); "
+                          f"set {field_key} in {where}")
+    return ds[name]
+
+
+def encode_classification(texts: list[str], label_ids: list[int], tokenizer,
+                          max_len: int) -> Examples:
+    rows = []
+    for text in texts:
+        ids = _encode(tokenizer, text)
+        if len(ids) > max_len:  # keep the EOS a decoder's head reads
+            ids = ids[:max_len - 1] + ids[-1:]
+        rows.append(ids)
+    ids, mask = _pad(rows, tokenizer.pad_token_id)
+    return Examples(ids, mask, torch.tensor(label_ids, dtype=torch.long))
+
+
+def encode_sft(prompts: list[str], completions: list[str], tokenizer, max_len: int) -> Examples:
+    """prompt tokens (BOS first) + completion tokens + EOS; the loss sees the completion and EOS.
+    A long prompt is cut from the left, so at least the completion's start stays."""
+    rows, targets, prompt_lens = [], [], []
+    for prompt, completion in zip(prompts, completions):
+        p = _encode(tokenizer, prompt)[:-1]  # no EOS between prompt and completion
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        c = c[:max_len - 1]
+        p = p[-(max_len - len(c)):]
+        rows.append(p + c)
+        targets.append([IGNORE] * len(p) + c)
+        prompt_lens.append(len(p))
+    ids, mask = _pad(rows, tokenizer.pad_token_id)
+    labels = torch.full_like(ids, IGNORE)
+    for i, t in enumerate(targets):
+        labels[i, :len(t)] = torch.tensor(t, dtype=torch.long)
+    return Examples(ids, mask, labels, torch.tensor(prompt_lens, dtype=torch.long))
+
+
+def load_task(task: TaskConfig, tokenizer, seed: int, where: str) -> TaskData:
+    """Read, check and tokenise every split. Labels outside the label set, missing columns and
+    empty splits are errors that name the file and the key."""
+    files = {s: getattr(task, s) for s in ("train", "dev", "test") if getattr(task, s)}
+    tables = {s: load_table(p, f"task.{s}", where) for s, p in files.items()}
+    if tokenizer.pad_token_id is None:
+        raise ConfigError(f"{where}: key 'model.path': the base's tokenizer has no pad token")
+    splits, sizes, label_names = {}, {}, None
+    if task.type == "classification":
+        columns = {s: (_column(t, task.text_field, "task.text_field", files[s], where),
+                       [str(v) for v in _column(t, task.label_field, "task.label_field",
+                                                files[s], where)])
+                   for s, t in tables.items()}
+        label_names = list(task.labels) if task.labels else sorted(set(columns["train"][1]))
+        if len(label_names) < 2:
+            raise ConfigError(f"{files['train']}: only one label ({label_names}); a classifier "
+                              "needs at least two")
+        index = {name: i for i, name in enumerate(label_names)}
+        for s, (texts, labels) in columns.items():
+            unknown = sorted(set(labels) - set(index))
+            if unknown:
+                raise ConfigError(f"{files[s]}: label '{unknown[0]}' is not in the label set "
+                                  f"{'task.labels' if task.labels else 'of ' + files['train']} "
+                                  f"({', '.join(label_names)})")
+            ids = [index[x] for x in labels]
+            keep = list(range(len(ids)))
+            if task.few_shot and s in FEW_SHOT_SALT:
+                keep = few_shot_indices(ids, task.few_shot, seed * 1_000_003 + FEW_SHOT_SALT[s])
+            if not keep:
+                raise ConfigError(f"{files[s]}: no examples")
+            splits[s] = encode_classification([texts[i] for i in keep], [ids[i] for i in keep],
+                                              tokenizer, task.max_len)
+    else:
+        for s, t in tables.items():
+            prompts = _column(t, task.prompt_field, "task.prompt_field", files[s], where)
+            completions = _column(t, task.completion_field, "task.completion_field", files[s],
+                                  where)
+            if not prompts:
+                raise ConfigError(f"{files[s]}: no examples")
+            splits[s] = encode_sft([str(x) for x in prompts], [str(x) for x in completions],
+                                   tokenizer, task.max_len)
+    sizes = {s: len(e) for s, e in splits.items()}
+    return TaskData(task.type, label_names, splits, files, sizes)
+
+
+class ExampleSource:
+    """The engine's BatchSource over one split: a seeded permutation per epoch and one cursor
+    (checkpointed). The global batch of a step holds example indices; each rank takes its slice."""
+
+    def __init__(self, examples: Examples, seed: int):
+        self.examples, self.seed, self.cursor = examples, seed, 0
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = (epoch, torch.randperm(len(self.examples), generator=g))
+        return self._perm[1]
+
+    def global_batch(self, step: int, size: int) -> torch.Tensor:
+        rows = []
+        for _ in range(size):
+            epoch, offset = divmod(self.cursor, len(self.examples))
+            rows.append(self._permutation(epoch)[offset])
+            self.cursor += 1
+        return torch.stack(rows)
+
+    def make_inputs(self, rows: torch.Tensor, keys: list[int]) -> dict[str, torch.Tensor]:
+        return self.examples.batch(rows)
+
+    def scalars(self, step: int) -> dict[str, float]:
+        return {"data/epoch": self.cursor / len(self.examples)}
+
+    def state_dict(self) -> dict:
+        return {"cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cursor = int(state["cursor"])
+
+

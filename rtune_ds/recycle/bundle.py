@@ -1,0 +1,208 @@
+"""The adapted-weights bundle: what tuning a base for a task leaves behind, apart from the base.
+
+    <bundle>/
+      bundle.json              kind, method, base (path, fingerprint, model_type), task (type,
+                               label names), head parameter names, target modules, metrics
+      lineage.json             what made it (command, config, parent = the base, data, steps)
+      delta.safetensors        kind 'delta' (full fine-tuning): θ_tuned − θ_base for every
+                               backbone tensor of the task model
+      head.safetensors         the task head (absolute values; a classifier's new parameters)
+      adapter/                 kind 'peft': a standard PEFT adapter directory (adapter_config.json
+                               + adapter_model.safetensors, head included as modules_to_save);
+                               plain `PeftModel.from_pretrained(base_task_model, adapter/)` loads it
+
+Tensors are safetensors only. Under ZeRO-3 every tensor is gathered before it is written (no
+empty shards), and a PEFT run gathers and writes only its trainable parameters.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import deepspeed
+import torch
+from safetensors.torch import load_file, save_file
+
+from rtune_ds import checkpoint, dist
+from rtune_ds.config import ConfigError, save_json
+from rtune_ds.models import task_auto_class, task_model_kwargs
+
+FORMAT = "rtune-bundle/1"
+PEFT_PREFIX = "base_model.model."
+SAVED_HEAD = ".modules_to_save.default"
+
+
+def gather_trainable(module: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """Full copies of the trainable parameters on rank 0 (None elsewhere); all ranks call it.
+    Each ZeRO-3 parameter is gathered on its own, so peak memory is one full tensor."""
+    out = {}
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+            if dist.is_main():
+                out[name] = param.detach().cpu().clone().contiguous()
+    return out if dist.is_main() else None
+
+
+def _check_full(tensors: dict[str, torch.Tensor]) -> None:
+    empty = [k for k, v in tensors.items() if v.numel() == 0]
+    if empty:
+        raise RuntimeError(f"refusing to save empty tensors (ungathered ZeRO-3 shards?): {empty[:3]}")
+
+
+def peft_head(adapter_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The head of a PEFT classifier under the task model's own names (score.weight, ...)."""
+    return {k.removeprefix(PEFT_PREFIX).replace(SAVED_HEAD, ""): v
+            for k, v in adapter_state.items() if SAVED_HEAD in k}
+
+
+def base_state(base_dir: str | Path, task_type: str, label_names: list[str] | None,
+               pad_token_id: int | None) -> dict[str, torch.Tensor]:
+    """θ_base under the task model's names (the head, which the base lacks, is left out)."""
+    model, info = task_auto_class(task_type).from_pretrained(
+        str(base_dir), dtype=torch.float32, output_loading_info=True,
+        **task_model_kwargs(task_type, label_names, pad_token_id))
+    missing = set(info["missing_keys"])
+    return {k: v for k, v in model.state_dict().items() if k not in missing}
+
+
+def save_bundle(engine, out_dir: Path, *, method: str, task_type: str, base_dir: str,
+                label_names: list[str] | None, pad_token_id: int | None, head_names: list[str],
+                targets: dict, metrics: dict, lineage: dict, tuning: dict) -> None:
+    """All ranks call this; rank 0 writes `out_dir` (staged, then renamed into place)."""
+    module = engine.module
+    kind = "delta" if method == "full" else "peft"
+    if kind == "delta":
+        tuned = checkpoint.gathered_state_dict(engine)  # every tensor, gathered
+    else:
+        tuned = gather_trainable(module)  # adapter + head only
+    if not dist.is_main():
+        dist.barrier()
+        return
+    tuned = {k: v.detach().cpu().contiguous() for k, v in tuned.items()}
+    _check_full(tuned)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".tmp-{out_dir.name}-"))
+    files = {}
+    if kind == "delta":
+        base = base_state(base_dir, task_type, label_names, pad_token_id)
+        delta = {k: (tuned[k].float() - base[k].float()).contiguous() for k in base if k in tuned}
+        head = {k: tuned[k] for k in head_names}
+        save_file(delta, str(tmp / "delta.safetensors"), metadata={"format": "pt"})
+        files["delta"] = "delta.safetensors"
+    else:
+        module.save_pretrained(str(tmp / "adapter"), state_dict=tuned, safe_serialization=True)
+        head = peft_head(tuned)
+        files["adapter"] = "adapter"
+    if head:
+        save_file(head, str(tmp / "head.safetensors"), metadata={"format": "pt"})
+        files["head"] = "head.safetensors"
+    save_json({
+        "format": FORMAT, "kind": kind, "method": method,
+        "base": {"path": str(Path(base_dir).resolve()), "fingerprint": checkpoint.fingerprint(base_dir),
+                 "model_type": json.loads(Path(base_dir, "config.json").read_text()).get("model_type")},
+        "task": {"type": task_type, "labels": label_names, "pad_token_id": pad_token_id},
+        "head": sorted(head), "targets": targets, "tuning": tuning, "files": files,
+        "metrics": metrics,
+    }, tmp / "bundle.json")
+    save_json(lineage, tmp / "lineage.json")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    dist.barrier()
+
+
+def read_bundle(bundle_dir: str | Path) -> dict:
+    path = Path(bundle_dir, "bundle.json")
+    if not path.is_file():
+        raise ConfigError(f"{bundle_dir}: not an adapted-weights bundle (no bundle.json)")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != FORMAT:
+        raise ConfigError(f"{path}: unknown bundle format {meta.get('format')!r}")
+    return meta
+
+
+def apply_bundle(bundle_dir: str | Path, base_dir: str | Path, merge: bool = True,
+                 check_fingerprint: bool = True) -> torch.nn.Module:
+    """The tuned task model: the base (loaded plainly on CPU) with the bundle applied. For PEFT,
+    `merge=False` keeps the PeftModel instead of merging the adapter into the weights."""
+    from peft import PeftModel
+
+    meta = read_bundle(bundle_dir)
+    bundle_dir = Path(bundle_dir)
+    if check_fingerprint:
+        found = checkpoint.fingerprint(base_dir)
+        if found != meta["base"]["fingerprint"]:
+            raise ConfigError(f"--base {base_dir}: fingerprint {found} is not the one the bundle "
+                              f"was tuned on ({meta['base']['fingerprint']}, {meta['base']['path']})")
+    task = meta["task"]
+
+    def load_base():
+        return task_auto_class(task["type"]).from_pretrained(
+            str(base_dir), dtype=torch.float32,
+            **task_model_kwargs(task["type"], task["labels"], task["pad_token_id"]))
+
+    model = load_base()
+    if meta["kind"] == "peft":
+        model = PeftModel.from_pretrained(model, str(bundle_dir / meta["files"]["adapter"]))
+        if merge:
+            model = _merged(model, load_base())
+    else:
+        state = model.state_dict()
+        delta = load_file(str(bundle_dir / meta["files"]["delta"]))
+        head = load_file(str(bundle_dir / meta["files"]["head"])) if "head" in meta["files"] else {}
+        with torch.no_grad():
+            for k, d in delta.items():
+                state[k] = state[k] + d.to(state[k].dtype)
+            state.update(head)
+        model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _merged(peft_model, plain: torch.nn.Module) -> torch.nn.Module:
+    """`plain` (a fresh base task model) holding the PeftModel's weights with the adapter merged
+    in. (peft's merge_and_unload trips over composite heads such as RoBERTa's classifier.)"""
+    peft_model.merge_adapter()
+    want = plain.state_dict()
+    state = {}
+    for key, value in peft_model.get_base_model().state_dict().items():
+        if ".original_module." in key:
+            continue
+        key = key.replace(SAVED_HEAD + ".", ".").replace(".base_layer.", ".")
+        if key in want:
+            state[key] = value
+    missing = sorted(set(want) - set(state))
+    if missing:
+        raise RuntimeError(f"merging the adapter left base tensors unset: {missing[:3]}")
+    plain.load_state_dict(state, strict=True)
+    return plain
+
+
+def export_merged(bundle_dir: str | Path, base_dir: str | Path, out_dir: str | Path,
+                  command: str, check_fingerprint: bool = True) -> Path:
+    """A plain HF model directory (weights, config, the base's tokenizer, lineage.json)."""
+    from transformers import AutoTokenizer
+
+    meta = read_bundle(bundle_dir)
+    if not Path(base_dir, "config.json").is_file():
+        raise ConfigError(f"--base {base_dir}: not a Hugging Face model directory (no config.json)")
+    model = apply_bundle(bundle_dir, base_dir, merge=True, check_fingerprint=check_fingerprint)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".tmp-{out_dir.name}-"))
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(base_dir)).save_pretrained(str(tmp))
+    save_json({"command": command, "kind": "merged", "bundle": {
+        "path": str(Path(bundle_dir).resolve()), "kind": meta["kind"], "method": meta["method"]},
+        "parent": {"path": str(Path(base_dir).resolve()),
+                   "fingerprint": checkpoint.fingerprint(base_dir)},
+        "task": meta["task"], "metrics": meta["metrics"], "code_version": checkpoint.code_version(),
+        "fingerprint": checkpoint.fingerprint(tmp)}, tmp / "lineage.json")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
