@@ -1,9 +1,14 @@
 """Checkpoints are complete or ignored: a half-written one (a kill during the save) is never
 resumed from, and the resumed run ends where the uninterrupted one does."""
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 from safetensors.torch import load_file
 
-from conftest import check, rtune, tiny_config, write_config, train_losses
+from conftest import REPO, base_env, check, rtune, tiny_config, train_losses, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -28,3 +33,26 @@ def test_resume_skips_a_half_written_checkpoint(tmp_path, cache_dir):
     cut = load_file(str(tmp_path / "cut" / "final" / "model.safetensors"))
     assert max((full[k] - cut[k]).abs().max().item() for k in full) <= 1e-6
     assert list(train_losses(tmp_path / "cut")) == list(range(1, 17))
+
+
+def test_sigterm_checkpoints_and_exits_zero(tmp_path, cache_dir):
+    run_dir = tmp_path / "run"
+    cfg = write_config(tmp_path / "run.yaml",
+                       tiny_config(run_dir, train={"max_steps": 400, "eval_every": 0}))
+    proc = subprocess.Popen([sys.executable, "-m", "rtune_ds", "pretrain", "--config", str(cfg)],
+                            cwd=REPO, env=base_env(cache_dir), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (run_dir / "metrics.jsonl").is_file() or len(train_losses(run_dir)) < 3:
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "stopped by a signal" in err
+    stopped = int((run_dir / "checkpoints" / "latest").read_text().split("_")[1])
+    assert 3 <= stopped < 400 and max(train_losses(run_dir)) == stopped
+    assert not (run_dir / "final").exists()
+    check(rtune(["pretrain", "--config", str(cfg), "--resume", "auto", "train.stop_after=2"],
+                cache_dir))
+    assert list(train_losses(run_dir)) == list(range(1, stopped + 3))

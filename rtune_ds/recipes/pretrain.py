@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import resource
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +180,9 @@ def run(cfg: RunConfig, where: str, resume: str | None, command: str) -> engine.
                                                      t.micro_batch_size))
     if result.finished:
         finish(p, result, tokenizer, data, command)
+    elif result.stopped_by_signal and dist.is_main():
+        print(f"rtune: stopped by a signal at step {result.step}; checkpoint saved, continue with "
+              "--resume auto", file=sys.stderr)
     return result
 
 

@@ -2,6 +2,7 @@
 differs only by the model, the data source, the loss and the initial state it is handed."""
 from __future__ import annotations
 
+import signal
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ class TrainResult:
     best_eval: dict[str, float] = field(default_factory=dict)  # with spec.best_metric
     best_step: int | None = None
     step_times: list[float] = field(default_factory=list)
+    stopped_by_signal: bool = False
 
     @property
     def median_step_time(self) -> float:
@@ -119,6 +121,27 @@ class BestState:
         self.world_size, self.partitioned = state.get("world_size"), state.get("partitioned")
 
 
+class StopRequest:
+    """SIGTERM / SIGINT (what SLURM sends before preemption) ask the loop to checkpoint and end.
+    Ranks agree on the step with an all-reduce, because saving is collective."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def agreed(self) -> bool:
+        return dist.all_reduce_sum(torch.tensor([float(self.requested)])).item() > 0
+
+    def release(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
 def train(model: torch.nn.Module, spec: LoopSpec, source: BatchSource,
           loss_fn: Callable[[Any, dict], torch.Tensor],
           evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None) -> TrainResult:
@@ -174,6 +197,7 @@ def train(model: torch.nn.Module, spec: LoopSpec, source: BatchSource,
         spec.max_steps, step + spec.stop_after)
     saved_at = step
     engine.train()
+    stop = StopRequest()
     while step < launch_end:
         started = time.perf_counter()
         rows = source.global_batch(step, global_batch)
@@ -207,6 +231,10 @@ def train(model: torch.nn.Module, spec: LoopSpec, source: BatchSource,
         if spec.save_every and step % spec.save_every == 0:
             save()
             saved_at = step
+        if stop.agreed():
+            result.stopped_by_signal = True
+            break
+    stop.release()
     if step > saved_at:
         save()
     monitor.close()
