@@ -1,4 +1,5 @@
-"""rtune data prepare: real corpora from Debian's wordnet-base and dict-foldoc."""
+"""rtune data prepare: real corpora from Debian's wordnet-base and dict-foldoc, and the two
+classification tasks built from them (WordNet supersense, FOLDOC category)."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,7 @@ from pathlib import Path
 
 from rtune_ds.config import ConfigError
 from rtune_ds.data.prepare import PrepareError, default_cache_dir, prepare_corpora
+from rtune_ds.data.tasks import build_tasks
 
 
 def run(args) -> None:
@@ -16,4 +18,7 @@ def run(args) -> None:
             foldoc_src=Path(args.foldoc_dir) if args.foldoc_dir else None)
     except PrepareError as err:
         raise ConfigError(str(err)) from None
-    print(json.dumps({k: v for k, v in summary.items() if k != "rules"}, indent=2))
+    tasks = build_tasks(Path(args.out), Path(args.out))
+    print(json.dumps({"corpora": {k: v for k, v in summary.items() if k != "rules"},
+                      "tasks": {name: {"classes": len(t["classes"]), "records": t["records"]}
+                                for name, t in tasks.items() if name != "rules"}}, indent=2))
