@@ -211,3 +211,26 @@ def test_real_fetch_by_package_name(tmp_path):
     foldoc = [json.loads(line) for line in (tmp_path / "out" / "computing.jsonl").open()]
     assert all(len(r["text"]) >= 40 and set(r) == {"text", "headword", "category"} for r in foldoc)
     assert "{" not in next(r for r in foldoc if r["headword"] == "associative array")["text"]
+
+
+def test_cli_prepare_writes_corpora_and_tasks(tmp_path, capsys):
+    from rtune_ds.cli import main
+
+    wn, fd = make_wordnet(tmp_path / "wn"), make_foldoc(tmp_path / "fd")
+    out = tmp_path / "out"
+    assert main(["data", "prepare", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+                 "--wordnet-dir", str(wn), "--foldoc-dir", str(fd)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["corpora"]["general.jsonl"]["records"] == 7
+    assert set(report["tasks"]) == {"supersense", "foldoc_category"}
+    assert (out / "tasks.json").is_file() and (out / "supersense_train.jsonl").is_file()
+
+
+def test_cli_prepare_without_apt_exits_2_naming_the_option(tmp_path, monkeypatch, capsys):
+    from rtune_ds.cli import main
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no apt-get, no dpkg-deb
+    assert main(["data", "prepare", "--out", str(tmp_path / "out"),
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "--wordnet-dir" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
