@@ -16,9 +16,9 @@ $(BIN)/rtune: pyproject.toml
 
 venv: $(BIN)/rtune
 
-# The main job: real text from Debian packages -> pretrain v0 -> continually pretrain v1 (2 CPU ranks)
+# The main job: the whole story on real text (rtune demo, 2 CPU ranks) -> runs/demo/report.md
 main: venv
-	PATH=$(CURDIR)/$(BIN):$$PATH NPROC=$(NPROC) bash launch_scripts/main_job.sh
+	$(BIN)/rtune demo --out runs/demo --nproc $(NPROC)
 
 # The whole test suite (CI runs exactly this)
 test: venv

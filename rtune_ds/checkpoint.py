@@ -17,9 +17,10 @@ import torch
 from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO,
                                             UNIVERSAL_CHECKPOINT_VERSION_KEY,
                                             UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+from safetensors import SafetensorError
 
 from rtune_ds import __version__, dist
-from rtune_ds.config import ConfigError, save_json
+from rtune_ds.config import ConfigError, RunError, save_json
 
 
 RUN_STATE = "rtune_state.json"
@@ -45,31 +46,42 @@ def _fsync_tree(path: Path) -> None:
                 os.fsync(fh.fileno())
 
 
+def write_failed(target: Path, err: Exception, staging: Path) -> RunError:
+    """A failed write (a full disk, a lost permission): the partial `staging` dir is removed and
+    the error says it in one line. torch.save reports a failed write as a RuntimeError."""
+    shutil.rmtree(staging, ignore_errors=True)
+    reason = " ".join(str(err).split())
+    return RunError(f"{target}: writing it failed ({reason}); is the disk full? Nothing that was "
+                    "already there was changed")
+
+
 def save(engine, ckpt_dir: Path, step: int, client_state: dict) -> None:
     """All ranks call this. The checkpoint is written under a staging name, synced, renamed into
     place, and only then named in `latest`: a kill at any moment leaves the previous checkpoint
     the one a resume picks up. (Rank 0 renames: the checkpoint dir must be on a shared file
     system across nodes, as DeepSpeed's `latest` already assumes.)"""
-    tag, staging = _tag(step), f".tmp-{_tag(step)}"
+    tag, staging = _tag(step), ckpt_dir / f".tmp-{_tag(step)}"
     if dist.is_main():
-        shutil.rmtree(ckpt_dir / staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
     dist.barrier()
-    (ckpt_dir / staging).mkdir(parents=True, exist_ok=True)
-    torch.save({"torch": torch.get_rng_state()}, ckpt_dir / staging / f"rng_rank{dist.rank()}.pt")
-    # the marker ds_to_universal needs to convert this checkpoint for another world size
-    ucp = {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY:
-                                       UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
-    engine.save_checkpoint(str(ckpt_dir), tag=staging, client_state={**client_state, **ucp},
-                           save_latest=False)
-    if dist.is_main():
-        save_json({k: client_state[k] for k in ("step", "world_size", "global_batch")}
-                  | {"zero_stage": engine.zero_optimization_stage()},
-                  ckpt_dir / staging / RUN_STATE)
-        _fsync_tree(ckpt_dir / staging)
-        shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
-        os.replace(ckpt_dir / staging, ckpt_dir / tag)
-        (ckpt_dir / "latest.tmp").write_text(tag)
-        os.replace(ckpt_dir / "latest.tmp", ckpt_dir / "latest")
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        torch.save({"torch": torch.get_rng_state()}, staging / f"rng_rank{dist.rank()}.pt")
+        # the marker ds_to_universal needs to convert this checkpoint for another world size
+        ucp = {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY:
+                                           UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
+        engine.save_checkpoint(str(ckpt_dir), tag=staging.name,
+                               client_state={**client_state, **ucp}, save_latest=False)
+        if dist.is_main():
+            save_json({k: client_state[k] for k in ("step", "world_size", "global_batch")}
+                      | {"zero_stage": engine.zero_optimization_stage()}, staging / RUN_STATE)
+            _fsync_tree(staging)
+            shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
+            os.replace(staging, ckpt_dir / tag)
+            (ckpt_dir / "latest.tmp").write_text(tag)
+            os.replace(ckpt_dir / "latest.tmp", ckpt_dir / "latest")
+    except (OSError, RuntimeError) as err:
+        raise write_failed(ckpt_dir / tag, err, staging) from err
     dist.barrier()
 
 
@@ -113,9 +125,17 @@ def load(engine, ckpt_dir: Path, tag: str) -> dict:
     return client_state
 
 
+def settle_partitions(engine) -> None:
+    """ZeRO-3: wait for prefetches still in flight after the last forward (an eval leaves some)
+    and release every gathered parameter, so gathering one afresh is allowed."""
+    if engine.zero_optimization_partition_weights():
+        engine.empty_partition_cache()
+
+
 def gathered_state_dict(engine) -> dict | None:
     """The full model state dict on rank 0 (None elsewhere); all ranks must call it."""
     if engine.zero_optimization_partition_weights():
+        settle_partitions(engine)
         return engine._zero3_consolidated_16bit_state_dict()
     if not dist.is_main():
         return None
@@ -124,6 +144,7 @@ def gathered_state_dict(engine) -> dict | None:
 
 def weights_digest(engine) -> str:
     """sha256 of every full parameter, computed on this rank (ZeRO-3 shards are gathered)."""
+    settle_partitions(engine)
     digest = hashlib.sha256()
     for name, param in engine.module.named_parameters():
         with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
@@ -178,10 +199,12 @@ def export_hf(engine, tokenizer, out_dir: Path, lineage: dict) -> None:
     if dist.is_main():
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".tmp-{out_dir.name}-"))
-        engine.module.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
-        lineage = {**lineage, "fingerprint": fingerprint(tmp)}
-        save_json(lineage, tmp / "lineage.json")
+        try:
+            engine.module.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
+            tokenizer.save_pretrained(str(tmp))
+            save_json({**lineage, "fingerprint": fingerprint(tmp)}, tmp / "lineage.json")
+        except (OSError, SafetensorError) as err:
+            raise write_failed(out_dir, err, tmp) from err
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

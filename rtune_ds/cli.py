@@ -1,12 +1,13 @@
 """rtune <command>: parse, then hand a RunConfig to a recipe. Errors in the user's input exit 2
-with one line that names the file and key."""
+with one line that names the file and key; a run that cannot go on (a non-finite loss under
+train.nonfinite=stop, a failed write) exits 3 with one line and keeps its last checkpoint."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
-from rtune_ds.config import ConfigError
+from rtune_ds.config import ConfigError, RunError
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -17,11 +18,84 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="dotted overrides: train.lr=3e-4 data.seq_len=64")
 
 
+def _add_recycle_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", required=True, help="the new base model directory")
+    p.add_argument("--name-map", action="append", default=[], metavar="REGEX=NEW",
+                   help="rename bundle tensors for modules renamed in the new base (repeatable)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="drop bundle tensors that have no place in the new base (reported)")
+    p.add_argument("--force-same-base", action="store_true",
+                   help="recycle even onto the base the bundle was tuned on")
+
+
+def _add_pair_args(p: argparse.ArgumentParser) -> None:
+    # --bundle-b: the deepspeed launcher's own parser refuses --b (a prefix of its --bind_* options)
+    for side, example in (("a", "v0"), ("b", "v1")):
+        p.add_argument(f"--{side}", f"--bundle-{side}", dest=side, required=True,
+                       help=f"a bundle (say, tuned on {example})")
+        p.add_argument(f"--base-{side}", required=True, help=f"the base --{side} was tuned on")
+    for side in ("a", "b"):
+        p.add_argument(f"--control-{side}", help="a bundle of the (optional) control pair")
+        p.add_argument(f"--control-base-{side}", help=f"the base --control-{side} was tuned on")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rtune", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     _add_run_args(sub.add_parser("pretrain", help="(continual) pretraining of a base model"))
     _add_run_args(sub.add_parser("finetune", help="tune a base for a task -> adapted-weights bundle"))
+    recycle = sub.add_parser("recycle", help="bring a bundle tuned on an older base to a new one")
+    _add_run_args(recycle)
+    _add_recycle_args(recycle)
+    recycle.add_argument("--method", required=True, help="compat | init | distill | init+distill")
+    recycle.add_argument("--old-base", help="distill: the base the bundle was tuned on (the "
+                         "teacher's; default: the path the bundle records)")
+    recycle.add_argument("--bundle", required=True,
+                         help="an rtune bundle, or a PEFT adapter directory saved by peft")
+    many = sub.add_parser("recycle-all", help="compat of every bundle in a directory on a new "
+                          "base, ranked in a table")
+    many.add_argument("--bundles", required=True, help="a directory of bundle directories")
+    many.add_argument("--config", help="task keys for all bundles (default: each bundle's own)")
+    many.add_argument("--ds-config", help="DeepSpeed JSON")
+    many.add_argument("--out", default="runs/recycle_all", help="one run dir per bundle below this")
+    _add_recycle_args(many)
+    many.add_argument("overrides", nargs="*", help="dotted overrides for every bundle's job")
+    analyze = sub.add_parser("analyze", help="analyses of tuned models").add_subparsers(
+        dest="analyze_command", required=True)
+    curve = analyze.add_parser("compat", help="compat of one bundle along a series of bases")
+    curve.add_argument("--bundle", required=True, help="an rtune bundle or a PEFT adapter dir")
+    curve.add_argument("--bases", nargs="+", required=True, help="base model directories, in order")
+    curve.add_argument("--config", help="task keys (default: the bundle's own)")
+    curve.add_argument("--ds-config", help="DeepSpeed JSON")
+    curve.add_argument("--out", default="runs/compat_curve", help="output directory")
+    curve.add_argument("--name-map", action="append", default=[], metavar="REGEX=NEW")
+    curve.add_argument("--allow-partial", action="store_true")
+    curve.add_argument("overrides", nargs="*", help="dotted overrides")
+    conn = analyze.add_parser("connectivity", help="dev metrics along the straight line between "
+                              "two tuned models (JSON, PNG, TensorBoard)")
+    _add_pair_args(conn)
+    conn.add_argument("--points", type=int, default=26, help="equally spaced λ values in [0, 1]")
+    conn.add_argument("--config", required=True, help="task keys as for finetune")
+    conn.add_argument("--ds-config", help="DeepSpeed JSON")
+    conn.add_argument("overrides", nargs="*", help="dotted overrides")
+    sim = analyze.add_parser("similarity", help="JS divergence of every attention head between two "
+                             "tuned models (JSON, heatmap PNG)")
+    _add_pair_args(sim)
+    sim.add_argument("--max-examples", type=int, default=64, help="dev examples fed to both models")
+    sim.add_argument("--config", required=True, help="task keys as for finetune (dev: inputs)")
+    sim.add_argument("overrides", nargs="*", help="dotted overrides")
+    sim.set_defaults(ds_config=None)
+    dst = analyze.add_parser("distance", help="L2 and cosine between two tuned models' parameters")
+    _add_pair_args(dst)
+    dst.add_argument("--backbone-only", action="store_true", help="leave the task head out")
+    dst.add_argument("--out", default="runs/analysis", help="output directory")
+    conv = analyze.add_parser("convergence", help="steps (tokens, wall time) for runs to reach a "
+                              "fraction of a target metric")
+    conv.add_argument("--runs", nargs="+", required=True, help="run directories (metrics.jsonl)")
+    conv.add_argument("--metric", default="eval/accuracy", help="a metric the runs logged")
+    conv.add_argument("--target", type=float, required=True, help="the target value")
+    conv.add_argument("--fraction", type=float, default=0.95, help="reach this fraction of it")
+    conv.add_argument("--out", default="runs/analysis", help="output directory")
     export = sub.add_parser("export", help="bundle + its base -> a plain merged HF model directory")
     export.add_argument("--bundle", required=True, help="an adapted-weights bundle directory")
     export.add_argument("--base", required=True, help="the base model directory it was tuned on")
@@ -35,6 +109,16 @@ def parser() -> argparse.ArgumentParser:
     prep.add_argument("--cache-dir", help="where .deb packages are fetched and unpacked")
     prep.add_argument("--wordnet-dir", help="local wordnet-base files (dir or .deb) instead of apt")
     prep.add_argument("--foldoc-dir", help="local dict-foldoc files (dir or .deb) instead of apt")
+    demo = sub.add_parser("demo", help="the whole story on real data in one launch, then a "
+                          "report (OUT/report.md)")
+    demo.add_argument("--quick", action="store_true", help="the smoke-test budget (a few minutes)")
+    demo.add_argument("--out", default="runs/demo", help="runs, configs, task samples and report")
+    demo.add_argument("--nproc", type=int, default=2, help="ranks of the launch")
+    demo.add_argument("--seeds", type=int, help="few-shot seeds per recycling method (default: "
+                      "the budget's, launch_scripts/configs/demo.yaml)")
+    demo.add_argument("--data", help="a prepared data dir (default: OUT/data, prepared if missing)")
+    demo.add_argument("--ds-config", help="DeepSpeed JSON of every job (default: the budget's)")
+    demo.add_argument("--run-plan", help=argparse.SUPPRESS)  # the demo's own launch runs its plan
     sweep = sub.add_parser("sweep", help="the same job once per DeepSpeed config, then a table")
     sweep.add_argument("--job", required=True, help="RunConfig of a pretraining job")
     sweep.add_argument("--ds-configs", nargs="+", required=True, help="DeepSpeed JSON files")
@@ -48,6 +132,19 @@ def parser() -> argparse.ArgumentParser:
     tp.add_argument("--steps", type=int, default=30)
     tp.add_argument("--warmup", type=int, default=5)
     tp.add_argument("--repeats", type=int, default=3)
+    bmap = bench.add_parser("mapping", help="time to map a bundle onto a base vs to load the base")
+    bmap.add_argument("--preset", default="llama-100m", help="the base's shape (random weights)")
+    bmap.add_argument("--repeats", type=int, default=7)
+    bmap.add_argument("--out", default="runs/bench_mapping", help="where the JSON is written")
+    bkd = bench.add_parser("distill", help="step time and memory: distill vs plain fine-tuning")
+    bkd.add_argument("--config", required=True, help="RunConfig with the task keys")
+    bkd.add_argument("--ds-config", help="DeepSpeed JSON of the student (both runs)")
+    bkd.add_argument("--bundle", required=True, help="the old bundle (the teacher's weights)")
+    bkd.add_argument("--base", required=True, help="the new base (the student)")
+    bkd.add_argument("--nproc", type=int, default=2, help="ranks per launch")
+    bkd.add_argument("--steps", type=int, default=20)
+    bkd.add_argument("--out", default="runs/bench_distill", help="two run dirs and the JSON")
+    bkd.add_argument("overrides", nargs="*", help="dotted overrides for both runs")
     cmp = bench.add_parser("compare", help="trainer vs HF Trainer vs plain DDP (under the launcher)")
     _add_run_args(cmp)
     cmp.add_argument("--steps", type=int, default=30)
@@ -68,8 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # the deepspeed launcher passes --local_rank=N first; LOCAL_RANK in the environment says the same
     argv = [a for a in argv if not a.startswith("--local_rank")]
-    args = parser().parse_args(argv)
-    if args.command in ("pretrain", "finetune", "bench") and args.resume not in (None, "auto", "required"):
+    ap = parser()
+    # dotted overrides may come before options too (`... a.b=1 --method init c=2`)
+    args, rest = ap.parse_known_args(argv)
+    stray = [a for a in rest if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        ap.error(f"unrecognized arguments: {' '.join(stray)}")
+    if rest:
+        args.overrides = [*args.overrides, *rest]
+    if getattr(args, "resume", None) not in (None, "auto", "required"):
         print(f"rtune: error: --resume must be 'auto' or 'required', got {args.resume!r}",
               file=sys.stderr)
         return 2
@@ -84,11 +188,46 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg, where = run_config(args, "finetune")
             finetune.run(cfg, where, args.resume, "rtune " + " ".join(argv))
+        elif args.command == "recycle":
+            from rtune_ds.recipes import recycle
+            from rtune_ds.recycle.mapping import Policy, parse_name_map
+
+            args.overrides.append(f"model.path={args.base}")
+            cfg, where = run_config(args, "finetune")
+            policy = Policy(parse_name_map(args.name_map, where), args.allow_partial)
+            recycle.run(cfg, where, args.resume, "rtune " + " ".join(argv), args.bundle,
+                        args.method, policy, args.force_same_base, args.old_base)
+        elif args.command == "recycle-all" or (args.command == "analyze"
+                                                and args.analyze_command == "compat"):
+            from rtune_ds.recipes import compat_many
+            from rtune_ds.recycle.mapping import Policy, parse_name_map
+
+            policy = Policy(parse_name_map(args.name_map, "command line"), args.allow_partial)
+            overrides = [*args.overrides, *([f"deepspeed={args.ds_config}"] if args.ds_config else [])]
+            command = "rtune " + " ".join(argv)
+            if args.command == "recycle-all":
+                compat_many.recycle_all(args.bundles, args.base, args.config, overrides, args.out,
+                                        policy, command, args.force_same_base)
+            else:
+                compat_many.compat_curve(args.bundle, args.bases, args.config, overrides,
+                                         args.out, policy, command)
+        elif args.command == "analyze":
+            from rtune_ds.recipes import analyze
+
+            analyze.run(args, "rtune " + " ".join(argv))
         elif args.command == "export":
             from rtune_ds.recycle.bundle import export_merged
 
             export_merged(args.bundle, args.base, args.out, "rtune " + " ".join(argv),
                           check_fingerprint=not args.allow_other_base)
+        elif args.command == "demo":
+            from rtune_ds.recipes import demo
+
+            if args.run_plan:
+                demo.run_plan(args.run_plan)
+            else:
+                demo.run(args.quick, args.out, args.nproc, args.seeds, args.data, args.ds_config,
+                         "rtune " + " ".join(argv))
         elif args.command == "sweep":
             from rtune_ds.recipes import sweep
 
@@ -97,6 +236,15 @@ def main(argv: list[str] | None = None) -> int:
             from rtune_ds.recipes import prepare_data
 
             prepare_data.run(args)
+        elif args.command == "bench" and args.bench_command == "distill":
+            from rtune_ds.recipes import bench_distill
+
+            bench_distill.run(args.config, args.ds_config, args.bundle, args.base, args.nproc,
+                              args.steps, args.out, args.overrides)
+        elif args.command == "bench" and args.bench_command == "mapping":
+            from rtune_ds.recipes import bench_mapping
+
+            bench_mapping.run(args.preset, args.repeats, args.out)
         elif args.command == "bench":
             from rtune_ds.recipes import bench
 
@@ -105,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench.throughput(cfg, where, args.steps, args.warmup, args.repeats)
             else:
                 bench.compare(cfg, where, args.steps, args.warmup)
-    except ConfigError as err:
+    except (ConfigError, RunError) as err:
         rank = os.environ.get("RANK", "0")
         print(f"rtune: error{'' if rank == '0' else f' (rank {rank})'}: {err}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(err, ConfigError) else 3
     return 0

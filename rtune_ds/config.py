@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,11 @@ import yaml
 
 class ConfigError(Exception):
     """A mistake in a RunConfig, a DeepSpeed JSON or an input path; the message names it."""
+
+
+class RunError(Exception):
+    """A run that cannot go on (a non-finite loss under train.nonfinite=stop, a write that failed);
+    `rtune` exits 3. The last complete checkpoint stays the one `--resume auto` picks up."""
 
 
 @dataclass
@@ -79,6 +85,7 @@ class TrainConfig:
     stop_after: int | None = None  # end this launch after N steps; the schedule still spans max_steps
     log_every: int = 1
     precision: str | None = None  # fp32 | bf16; None: whatever the DeepSpeed JSON says, else fp32
+    nonfinite: str = "stop"  # on a NaN/Inf loss: stop (exit 3, nothing saved) | skip the update
 
 
 @dataclass
@@ -122,6 +129,18 @@ class TuningConfig:
 
 
 @dataclass
+class DistillConfig:
+    """recycle --method distill | init+distill: the old model (old base + old bundle) is a frozen
+    teacher; loss = (1−alpha)·CE + alpha·T²·KL(teacher_T ‖ student_T) + beta·hidden-state MSE."""
+
+    alpha: float = 0.5
+    temperature: float = 2.0
+    beta: float = 0.0  # 0: no hidden-state term
+    hidden_layers: list[int] | None = None  # hidden_states indices paired; None: every layer's output
+    teacher_deepspeed: str | None = None  # the teacher's own DeepSpeed JSON; None: teacher_offload
+
+
+@dataclass
 class RunConfig:
     run_dir: str = ""
     seed: int = 0
@@ -131,6 +150,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     task: TaskConfig = field(default_factory=TaskConfig)  # finetune only
     tuning: TuningConfig = field(default_factory=TuningConfig)  # finetune only
+    distill: DistillConfig = field(default_factory=DistillConfig)  # recycle distill methods only
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -139,6 +159,7 @@ class RunConfig:
 SCHEDULES = ("cosine", "recipe", "constant")
 OBJECTIVES = ("clm", "mlm")
 PRECISIONS = ("fp32", "bf16")
+NONFINITE_POLICIES = ("skip", "stop")
 TASK_TYPES = ("classification", "lm")
 TUNING_METHODS = ("full", "lora", "ia3")
 
@@ -239,6 +260,10 @@ def load_run_config(path: str | None, overrides: list[str], command: str = "pret
     where = str(path) if path else "command line"
     if path and overrides:
         where += " + command-line overrides"
+    return run_config_from(data, overrides, where, command)
+
+
+def run_config_from(data: dict, overrides: list[str], where: str, command: str) -> RunConfig:
     cfg = build(RunConfig, apply_overrides(data, overrides), where)
     validate(cfg, where, command)
     return cfg
@@ -247,6 +272,16 @@ def load_run_config(path: str | None, overrides: list[str], command: str = "pret
 def _require(cond: bool, where: str, key: str, msg: str) -> None:
     if not cond:
         raise ConfigError(f"{where}: key '{key}': {msg}")
+
+
+def check_writable(path: str, where: str, key: str) -> None:
+    """`path`, or the nearest of its parents that exists, must be a directory this user can write."""
+    existing = Path(path).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    _require(existing.is_dir(), where, key, f"cannot create {path}: {existing} is not a directory")
+    _require(os.access(existing, os.W_OK | os.X_OK), where, key,
+             f"cannot write {path}: {existing} is not writable")
 
 
 def check_source_paths(sources: list[Source], key: str, where: str) -> None:
@@ -260,6 +295,7 @@ def validate(cfg: RunConfig, where: str, command: str = "pretrain") -> None:
     `finetune` checks the task and tuning sections instead of the data section."""
     m = cfg.model
     _require(bool(cfg.run_dir), where, "run_dir", "is required")
+    check_writable(cfg.run_dir, where, "run_dir")
     if command == "finetune":
         _require(m.path is not None and m.preset is None, where, "model.path",
                  "fine-tuning needs a base model directory (model.path), not a preset")
@@ -284,6 +320,7 @@ def validate(cfg: RunConfig, where: str, command: str = "pretrain") -> None:
     _require(0 < m.mlm_probability < 1, where, "model.mlm_probability", "must be in (0, 1)")
     if command == "finetune":
         validate_task(cfg, where)
+        validate_distill(cfg, where)
     else:
         validate_data(cfg, where)
     validate_train(cfg, where)
@@ -340,6 +377,19 @@ def validate_task(cfg: RunConfig, where: str) -> None:
                  "tuning.ia3.feedforward_modules", "must be a subset of tuning.ia3.target_modules")
 
 
+def validate_distill(cfg: RunConfig, where: str) -> None:
+    d = cfg.distill
+    _require(0 <= d.alpha <= 1, where, "distill.alpha", f"must be in [0, 1], got {d.alpha}")
+    _require(d.temperature > 0, where, "distill.temperature", f"must be > 0, got {d.temperature}")
+    _require(d.beta >= 0, where, "distill.beta", f"must be >= 0, got {d.beta}")
+    if d.hidden_layers is not None:
+        _require(len(d.hidden_layers) > 0 and all(i >= 0 for i in d.hidden_layers), where,
+                 "distill.hidden_layers", "a non-empty list of hidden_states indices (>= 0)")
+    if d.teacher_deepspeed is not None:
+        _require(Path(d.teacher_deepspeed).is_file(), where, "distill.teacher_deepspeed",
+                 f"DeepSpeed JSON not found: {d.teacher_deepspeed}")
+
+
 def validate_train(cfg: RunConfig, where: str) -> None:
     t = cfg.train
     _require(t.max_steps > 0, where, "train.max_steps", "must be > 0")
@@ -358,6 +408,8 @@ def validate_train(cfg: RunConfig, where: str) -> None:
         _require(t.stop_after > 0, where, "train.stop_after", "must be > 0")
     if t.precision is not None:
         _require(t.precision in PRECISIONS, where, "train.precision", f"one of {PRECISIONS}")
+    _require(t.nonfinite in NONFINITE_POLICIES, where, "train.nonfinite",
+             f"one of {NONFINITE_POLICIES}, got {t.nonfinite!r}")
     if cfg.deepspeed is not None:
         _require(Path(cfg.deepspeed).is_file(), where, "deepspeed",
                  f"DeepSpeed JSON not found: {cfg.deepspeed}")

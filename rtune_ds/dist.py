@@ -40,6 +40,19 @@ def init() -> None:
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
     if not torch_dist.is_initialized():
         deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+        _unlink_shm_buffer()
+
+
+def _unlink_shm_buffer() -> None:
+    """DeepSpeed's CPU all-reduce maps one /dev/shm buffer per rank (~66 MB) and never unlinks
+    it, so every launch would leave its buffers in RAM until reboot. Once every rank has mapped
+    all of them (init_distributed has returned everywhere), the names can go: the mappings live
+    on until the processes exit, and a killed run leaves nothing behind."""
+    barrier()
+    name = (f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{os.environ['MASTER_ADDR']}_"
+            f"{os.environ['MASTER_PORT']}_{rank()}")
+    if os.path.exists(name):
+        os.unlink(name)
 
 
 def main_first(fn: Callable[[], Any]) -> Any:

@@ -67,6 +67,21 @@ def _find_auto(node: Any, prefix: str = "") -> str | None:
     return None
 
 
+# On CPU ranks (gloo / shared memory) every collective has a fixed cost that dwarfs its bytes at
+# small sizes, and bucket memory is host RAM: few large buckets beat hidden^2 (the GPU rule).
+CPU_REDUCE_BUCKET_SIZE = 50_000_000
+
+
+def reduce_bucket_size(hidden_size: int) -> int:
+    """The "auto" reduce bucket (elements): hidden^2 as Hugging Face sizes it for GPUs, at least
+    CPU_REDUCE_BUCKET_SIZE when the ranks run on the CPU accelerator."""
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu":
+        return max(hidden_size * hidden_size, CPU_REDUCE_BUCKET_SIZE)
+    return hidden_size * hidden_size
+
+
 def resolve_ds_config(ds_in: dict, where: str, cfg: RunConfig, world_size: int, grad_accum: int,
                       peak_lr: float, hidden_size: int) -> tuple[dict, str]:
     """Return (the resolved DeepSpeed dict, the precision it runs in)."""
@@ -105,7 +120,7 @@ def resolve_ds_config(ds_in: dict, where: str, cfg: RunConfig, world_size: int, 
     f.fill("optimizer.params.weight_decay", t.weight_decay, "train.weight_decay")
 
     zero = ds.setdefault("zero_optimization", {"stage": 0})
-    for key, value in (("reduce_bucket_size", hidden_size * hidden_size),
+    for key, value in (("reduce_bucket_size", reduce_bucket_size(hidden_size)),
                        ("stage3_prefetch_bucket_size", int(0.9 * hidden_size * hidden_size)),
                        ("stage3_param_persistence_threshold", 10 * hidden_size)):
         if zero.get(key) == "auto":

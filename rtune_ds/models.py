@@ -132,17 +132,28 @@ def check_task_architecture(path: str | Path, task_type: str, where: str) -> str
     return model_type
 
 
-def module_names_of(path: str | Path, task_type: str) -> list[str]:
-    """Module names of the task model of `path`, built on the meta device (no weights, no compute)."""
+def meta_task_model(path: str | Path, task_type: str, label_names: list[str] | None = None,
+                    peft_config=None) -> torch.nn.Module:
+    """The task model of `path` (PEFT-wrapped if a config is given) on the meta device: names and
+    shapes without weights or compute."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(path))
-    kwargs = task_model_kwargs(task_type, ["a", "b"], config.pad_token_id)
+    kwargs = task_model_kwargs(task_type, label_names or ["a", "b"], config.pad_token_id)
     for key, value in kwargs.items():
         setattr(config, key, value)
     with torch.device("meta"):
         model = task_auto_class(task_type).from_config(config)
-    return [name for name, _ in model.named_modules() if name]
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+    return model
+
+
+def module_names_of(path: str | Path, task_type: str) -> list[str]:
+    """Module names of the task model of `path`."""
+    return [name for name, _ in meta_task_model(path, task_type).named_modules() if name]
 
 
 def resolve_peft_targets(tuning, model_type: str, names: list[str], where: str) -> dict:

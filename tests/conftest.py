@@ -87,3 +87,84 @@ def train_losses(run_dir: Path) -> dict[int, float]:
 
 def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
+
+
+def tiny_base(cache_dir: Path, preset: str = "llama-1m") -> Path:
+    """A tiny untrained base (preset + a BPE tokenizer trained on the fixtures), built once per
+    test session: stands in for an `rtune pretrain` export."""
+    from rtune_ds.data.tokenizer import train_tokenizer
+    from rtune_ds.models import build_preset
+
+    out = cache_dir / "bases" / preset
+    if not (out / "config.json").is_file():
+        tok = train_tokenizer([str(FIXTURES / "general.jsonl"), str(FIXTURES / "cls_train.jsonl")],
+                              "text", 600,
+                              cache_dir / "bases" / "tokenizer")
+        model = build_preset(preset, tok, 64, 0)
+        model.save_pretrained(str(out))
+        tok.save_pretrained(str(out))
+    return out
+
+
+FINETUNE_STEPS = 30
+
+
+def finetune_config(run_dir: Path, base: Path, method: str = "full", **sections) -> dict:
+    cfg = {
+        "run_dir": str(run_dir), "seed": 3, "model": {"path": str(base)},
+        "task": {"type": "classification", "train": str(FIXTURES / "cls_train.jsonl"),
+                 "dev": str(FIXTURES / "cls_dev.jsonl"), "test": str(FIXTURES / "cls_test.jsonl"),
+                 "max_len": 32},
+        "tuning": {"method": method},
+        # global batch 32 on any world size: the data order does not depend on it
+        "train": {"max_steps": FINETUNE_STEPS, "micro_batch_size": 8, "global_batch_size": 32,
+                  "lr": 3e-3 if method == "full" else 2e-2, "warmup_steps": 2,
+                  "eval_every": 15},
+    }
+    for section, values in sections.items():
+        cfg.setdefault(section, {}).update(values)
+    return cfg
+
+
+def derived_base(cache_dir: Path, name: str, change) -> Path:
+    """A new base version: v0 with its weights perturbed (seeded), then `change(model)`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = cache_dir / "bases" / name
+    if not (out / "config.json").is_file():
+        v0 = tiny_base(cache_dir)
+        model = AutoModelForCausalLM.from_pretrained(str(v0), dtype=torch.float32)
+        torch.manual_seed(11)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.01)
+        model = change(model)
+        model.save_pretrained(str(out))
+        AutoTokenizer.from_pretrained(str(v0)).save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def recycle_env(tmp_path_factory, cache_dir):
+    """(root, bases v0/v1, bundles full/lora tuned on v0 at 1 rank, cache dir), made once."""
+    root = tmp_path_factory.mktemp("recycle")
+    bases = {"v0": tiny_base(cache_dir), "v1": derived_base(cache_dir, "v1", lambda m: m)}
+    bundles = {}
+    for method in ("full", "lora"):
+        cfg = finetune_config(root / f"ft_{method}", bases["v0"], method,
+                              train={"max_steps": 20, "eval_every": 10})
+        check(rtune(["finetune", "--config", str(write_config(root / f"ft_{method}.yaml", cfg))],
+                    cache_dir))
+        bundles[method] = root / f"ft_{method}" / "final"
+    return root, bases, bundles, cache_dir
+
+
+def recycle(env, name, bundle, base, method="compat", nproc=1, ds="zero0", extra=()):
+    root, _, _, cache = env
+    cfg = write_config(root / f"{name}.yaml", finetune_config(root / name, base, "full",
+                                                              train={"max_steps": 10,
+                                                                     "eval_every": 5}))
+    return rtune(["recycle", "--config", str(cfg), "--ds-config", f"ds_configs/{ds}.json",
+                  "--method", method, "--bundle", str(bundle), "--base", str(base), *extra],
+                 cache, nproc)

@@ -82,3 +82,53 @@ def test_existing_checkpoints_need_resume(tmp_path, cache_dir):
     proc = rtune(["pretrain", "--config", str(config)], cache_dir)
     assert proc.returncode == 2 and "--resume auto" in proc.stderr
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("case", ["read-only parent", "parent is a file"])
+def test_run_dir_that_cannot_be_written_fails_before_compute(tmp_path, cache_dir, case):
+    import os
+
+    if case == "read-only parent":
+        if os.geteuid() == 0:
+            pytest.skip("root ignores file permissions")
+        parent = tmp_path / "ro"
+        parent.mkdir(mode=0o500)
+    else:
+        parent = tmp_path / "file"
+        parent.write_text("")
+    run_dir = parent / "run"
+    proc = rtune(["pretrain", "--config", str(write_config(tmp_path / "run.yaml",
+                                                           tiny_config(run_dir)))], cache_dir)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    err = proc.stderr.strip().splitlines()[-1]
+    assert err.startswith("rtune: error:") and "key 'run_dir'" in err and str(parent) in err, err
+    assert "Traceback" not in proc.stderr and not run_dir.exists()
+
+
+def test_a_write_failing_mid_checkpoint_exits_3_and_keeps_the_last_checkpoint(tmp_path, cache_dir):
+    """As on a full disk: the resumed launch may not grow a file past 4 MB (RLIMIT_FSIZE; Python
+    ignores SIGXFSZ, so the write fails with an error), and a checkpoint of this model is ~10 MB."""
+    import resource
+    import subprocess
+    import sys
+
+    from conftest import REPO, base_env, check
+
+    run_dir, limit = tmp_path / "run", 4 << 20
+    cfg = write_config(tmp_path / "run.yaml",
+                       tiny_config(run_dir, train={"max_steps": 4, "eval_every": 0}))
+    check(rtune(["pretrain", "--config", str(cfg), "train.stop_after=2"], cache_dir))
+    ckpt = run_dir / "checkpoints"
+    saved = {p.name: p.read_bytes() for p in (ckpt / "step_00000002").iterdir()}
+    proc = subprocess.run(
+        [sys.executable, "-m", "rtune_ds", "pretrain", "--config", str(cfg), "--resume", "auto"],
+        cwd=REPO, env=base_env(cache_dir), capture_output=True, text=True, timeout=600,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    err = proc.stderr.strip().splitlines()[-1]
+    assert err.startswith("rtune: error:") and "step_00000004: writing it failed" in err, err
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in ckpt.iterdir()) == ["latest", "step_00000002"]  # no staging dir
+    assert (ckpt / "latest").read_text() == "step_00000002"
+    assert {p.name: p.read_bytes() for p in (ckpt / "step_00000002").iterdir()} == saved
+    assert not (run_dir / "final").exists()

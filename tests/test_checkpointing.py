@@ -56,3 +56,35 @@ def test_sigterm_checkpoints_and_exits_zero(tmp_path, cache_dir):
     check(rtune(["pretrain", "--config", str(cfg), "--resume", "auto", "train.stop_after=2"],
                 cache_dir))
     assert list(train_losses(run_dir)) == list(range(1, stopped + 3))
+
+
+def test_sigkill_while_a_checkpoint_is_written_resumes_from_the_previous_one(tmp_path, cache_dir):
+    import os
+
+    def config(name):
+        return write_config(tmp_path / f"{name}.yaml",
+                            tiny_config(tmp_path / name, train={"save_every": 2}))
+
+    check(rtune(["pretrain", "--config", str(config("full"))], cache_dir))
+    cfg, ckpt = config("cut"), tmp_path / "cut" / "checkpoints"
+    proc = subprocess.Popen([sys.executable, "-m", "rtune_ds", "pretrain", "--config", str(cfg)],
+                            cwd=REPO, env=base_env(cache_dir), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline, staging = time.time() + 300, None
+    while staging is None:  # the first save that starts after a complete checkpoint exists
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint save to interrupt"
+        if (ckpt / "latest").is_file():
+            staging = next(ckpt.glob(".tmp-step_*"), None)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    previous = (ckpt / "latest").read_text()
+    assert staging.is_dir() and staging.name != f".tmp-{previous}"  # killed mid-save
+    assert int(staging.name.split("_")[1]) > int(previous.split("_")[1])
+    check(rtune(["pretrain", "--config", str(cfg), "--resume", "auto"], cache_dir))
+    assert not list(ckpt.glob(".tmp-*"))
+    resumed_from = int(previous.split("_")[1])
+    losses = train_losses(tmp_path / "cut")
+    assert list(losses) == list(range(1, 17)) and resumed_from < 16
+    full = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
+    cut = load_file(str(tmp_path / "cut" / "final" / "model.safetensors"))
+    assert max((full[k] - cut[k]).abs().max().item() for k in full) <= 1e-6

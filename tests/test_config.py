@@ -4,7 +4,8 @@ import pytest
 
 from conftest import FIXTURES, tiny_config, write_config
 from rtune_ds.config import ConfigError, load_run_config, resolve_batch
-from rtune_ds.ds_config import read_ds_config, resolve_ds_config, STOCK_DIR
+from rtune_ds.ds_config import (CPU_REDUCE_BUCKET_SIZE, STOCK_DIR, read_ds_config,
+                                reduce_bucket_size, resolve_ds_config)
 
 
 def load(tmp_path, cfg, overrides=()):
@@ -54,9 +55,22 @@ def test_auto_values_are_filled_from_the_run_config(tmp_path):
     assert out["train_micro_batch_size_per_gpu"] == 4 and out["gradient_accumulation_steps"] == 2
     assert out["train_batch_size"] == 16 and out["gradient_clipping"] == 1.0
     assert out["optimizer"]["params"]["lr"] == 3e-3 and out["bf16"]["enabled"] is False
-    assert out["zero_optimization"]["reduce_bucket_size"] == 128 * 128
+    # this machine's ranks run on the CPU accelerator: large buckets; a GPU would get hidden^2
+    assert out["zero_optimization"]["reduce_bucket_size"] == CPU_REDUCE_BUCKET_SIZE
     assert out["zero_optimization"]["stage3_param_persistence_threshold"] == 1280
     assert precision == "fp32"
+
+
+def test_auto_reduce_bucket_is_hidden_squared_on_gpus(monkeypatch):
+    import deepspeed.accelerator
+
+    class Cuda:
+        def device_name(self):
+            return "cuda"
+
+    monkeypatch.setattr(deepspeed.accelerator, "get_accelerator", Cuda)
+    assert reduce_bucket_size(128) == 128 * 128
+    assert reduce_bucket_size(16384) == 16384 * 16384
 
 
 def test_literal_deepspeed_examples_style_config_works(tmp_path):

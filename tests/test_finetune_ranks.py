@@ -8,43 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import FIXTURES, check, read_jsonl, rtune, write_config
-
-STEPS = 30
-
-
-def tiny_base(cache_dir: Path, preset: str = "llama-1m") -> Path:
-    """A tiny untrained base (preset + a BPE tokenizer trained on the fixtures), built once per
-    test session: stands in for an `rtune pretrain` export."""
-    from rtune_ds.data.tokenizer import train_tokenizer
-    from rtune_ds.models import build_preset
-
-    out = cache_dir / "bases" / preset
-    if not (out / "config.json").is_file():
-        tok = train_tokenizer([str(FIXTURES / "general.jsonl"), str(FIXTURES / "cls_train.jsonl")],
-                              "text", 600,
-                              cache_dir / "bases" / "tokenizer")
-        model = build_preset(preset, tok, 64, 0)
-        model.save_pretrained(str(out))
-        tok.save_pretrained(str(out))
-    return out
-
-
-def finetune_config(run_dir: Path, base: Path, method: str = "full", **sections) -> dict:
-    cfg = {
-        "run_dir": str(run_dir), "seed": 3, "model": {"path": str(base)},
-        "task": {"type": "classification", "train": str(FIXTURES / "cls_train.jsonl"),
-                 "dev": str(FIXTURES / "cls_dev.jsonl"), "test": str(FIXTURES / "cls_test.jsonl"),
-                 "max_len": 32},
-        "tuning": {"method": method},
-        # global batch 32 on any world size: the data order does not depend on it
-        "train": {"max_steps": STEPS, "micro_batch_size": 8, "global_batch_size": 32,
-                  "lr": 3e-3 if method == "full" else 2e-2, "warmup_steps": 2,
-                  "eval_every": 15},
-    }
-    for section, values in sections.items():
-        cfg.setdefault(section, {}).update(values)
-    return cfg
+from conftest import (FINETUNE_STEPS as STEPS, FIXTURES, check, finetune_config, read_jsonl,
+                      rtune, tiny_base, write_config)
 
 
 @pytest.fixture(scope="module")

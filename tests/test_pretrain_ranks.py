@@ -1,5 +1,6 @@
 """2 real ranks (gloo) under the deepspeed launcher: every ZeRO stage trains, ranks agree, the export
-loads with plain from_pretrained, resumes are exact, and a simulated two-node run matches."""
+loads with plain from_pretrained, resumes are exact (also at another world size or ZeRO stage),
+and a simulated two-node run matches."""
 import json
 import threading
 
@@ -131,6 +132,48 @@ def test_resume_at_another_world_size_through_universal_checkpoint(runs, stage, 
     assert refused.returncode == 2 and "train.global_batch_size=16" in refused.stderr
     check(rtune([*args, "train.global_batch_size=16"], cache_dir, nproc=1))
     assert summary(run_dir)["world_size"] == 1
+    assert (run_dir / "checkpoints" / "step_00000008_universal").is_dir()
+    a, b = train_losses(full), train_losses(run_dir)
+    assert list(b) == list(range(1, 17))
+    assert max(abs(a[s] - b[s]) for s in a) <= 1e-4
+
+
+@pytest.mark.parametrize("stage", ["zero0", "zero2", "zero3"])
+def test_resume_at_a_larger_world_size(runs, stage, tmp_path, cache_dir):
+    full = runs(stage, stage)
+    run_dir = tmp_path / "grow"
+    cfg = write_config(tmp_path / "grow.yaml", tiny_config(run_dir))
+    args = ["pretrain", "--config", str(cfg), "--ds-config", f"ds_configs/{stage}.json",
+            "--resume", "auto"]
+    check(rtune([*args, "train.stop_after=8", "train.global_batch_size=16"], cache_dir, nproc=1))
+    check(rtune(args, cache_dir, nproc=2))
+    assert summary(run_dir)["world_size"] == 2
+    # a ZeRO-0 checkpoint holds the whole optimizer state and loads as it is
+    assert (run_dir / "checkpoints" / "step_00000008_universal").is_dir() == (stage != "zero0")
+    a, b = train_losses(full), train_losses(run_dir)
+    assert list(b) == list(range(1, 17))
+    assert max(abs(a[s] - b[s]) for s in a) <= 1e-4
+
+
+def test_resume_with_another_zero_stage(runs, tmp_path, cache_dir):
+    """ZeRO-1 -> 2 converts through a universal checkpoint; DeepSpeed has no conversion to or
+    from stage 0 or 3, so those are refused before any compute, leaving the run dir as it was.
+    (1 rank with the 2-rank global batch: the data order, and so the curve, is the same.)"""
+    full = runs("zero2", "zero2")
+    run_dir = tmp_path / "restage"
+    cfg = write_config(tmp_path / "restage.yaml", tiny_config(run_dir))
+    args = ["pretrain", "--config", str(cfg), "--resume", "auto", "train.global_batch_size=16"]
+    check(rtune([*args, "--ds-config", "ds_configs/zero1.json", "train.stop_after=8"], cache_dir))
+    before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    for refused_stage in (0, 3):
+        ds = f"ds_configs/zero{refused_stage}.json"
+        refused = rtune([*args, "--ds-config", ds], cache_dir)
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        assert all(s in refused.stderr for s in ("'deepspeed'", ds, "stage 1",
+                                                 f"stage {refused_stage}")), refused.stderr
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
+    check(rtune([*args, "--ds-config", "ds_configs/zero2.json"], cache_dir))
+    assert summary(run_dir)["zero_stage"] == 2
     assert (run_dir / "checkpoints" / "step_00000008_universal").is_dir()
     a, b = train_losses(full), train_losses(run_dir)
     assert list(b) == list(range(1, 17))

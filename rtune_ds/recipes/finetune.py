@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,49 +99,66 @@ def run(cfg: RunConfig, where: str, resume: str | None, command: str) -> engine.
     p = plan(cfg, where, resume)
     dist.init()
     tokenizer, data = load_inputs(p)
-    run_dir = write_run_files(p)
+    write_run_files(p)
     model, head = build_model(p, tokenizer, data)
-    loss = classification_loss if cfg.task.type == "classification" else lm_loss
+    return tune(p, model, head, tokenizer, data, command)
+
+
+def tune(p: Plan, model, head: list[str], tokenizer, data: TaskData, command: str,
+         lineage: dict | None = None, loss=None) -> engine.TrainResult:
+    """Steps 4-5: the one loop from the model's current state, then the bundle (its lineage.json
+    gets `lineage` as extra keys). `loss`: the task's own loss unless another objective is given."""
+    cfg = p.cfg
+    loss = loss or (classification_loss if cfg.task.type == "classification" else lm_loss)
     t = cfg.train
     spec = engine.LoopSpec(
-        run_dir=run_dir, ds_config=p.ds_config, schedule=p.schedule, max_steps=t.max_steps,
-        micro_batch=t.micro_batch_size, grad_accum=p.grad_accum,
+        run_dir=Path(cfg.run_dir), ds_config=p.ds_config, schedule=p.schedule,
+        max_steps=t.max_steps, micro_batch=t.micro_batch_size, grad_accum=p.grad_accum,
         tokens_per_sample=data.splits["train"].input_ids.shape[1], stop_after=t.stop_after,
         eval_every=t.eval_every, save_every=t.save_every, log_every=t.log_every,
-        resume_tag=p.resume_tag, best_metric=p.best_metric, best_mode=p.best_mode)
+        resume_tag=p.resume_tag, best_metric=p.best_metric, best_mode=p.best_mode,
+        nonfinite=t.nonfinite)
     result = engine.train(model, spec, ExampleSource(data.splits["train"], cfg.seed), loss,
                           evaluator(p, data, tokenizer, "dev"))
     if result.finished:
-        finish(p, result, tokenizer, data, head, command)
+        finish(p, result, tokenizer, data, head, command, lineage or {})
     return result
 
 
-def finish(p: Plan, result: engine.TrainResult, tokenizer, data: TaskData, head: list[str],
-           command: str) -> None:
-    """Score the best weights on dev (and test), then write the bundle to run_dir/final."""
-    cfg, run_dir = p.cfg, Path(p.cfg.run_dir)
-    module = result.engine.module
+def score(p: Plan, module, data: TaskData, tokenizer) -> dict:
+    """Dev (and test) metrics of `module` as it is, with the majority baseline for classifiers."""
     module.eval()
-    metrics = {"best_step": result.best_step,
-               "dev": evaluator(p, data, tokenizer, "dev")(module)}
+    metrics = {"dev": evaluator(p, data, tokenizer, "dev")(module)}
     if "test" in data.splits:
         metrics["test"] = evaluator(p, data, tokenizer, "test")(module)
     if data.type == "classification":
         metrics["dev_majority_baseline"] = data.majority_baseline("dev")
+    return metrics
+
+
+def finish(p: Plan, result: engine.TrainResult, tokenizer, data: TaskData, head: list[str],
+           command: str, extra_lineage: dict) -> None:
+    """Score the best weights on dev (and test), then write the bundle to run_dir/final."""
+    cfg, run_dir = p.cfg, Path(p.cfg.run_dir)
+    metrics = {"best_step": result.best_step, **score(p, result.engine.module, data, tokenizer)}
     lineage = checkpoint.lineage_record(
         command, cfg.to_dict(), cfg.model.path, data.describe(), result.step, result.tokens,
         {"kind": "bundle", "method": cfg.tuning.method, "precision": p.precision,
-         "labels": data.label_names, "metrics": metrics})
+         "labels": data.label_names, "metrics": metrics, **extra_lineage})
     save_bundle(result.engine, run_dir / "final", method=cfg.tuning.method,
                 task_type=cfg.task.type, base_dir=cfg.model.path, label_names=data.label_names,
                 pad_token_id=tokenizer.pad_token_id, head_names=head, targets=p.targets,
                 metrics=metrics, lineage=lineage,
                 tuning={"method": cfg.tuning.method, **({"lora": vars(cfg.tuning.lora)}
                                                         if cfg.tuning.method == "lora" else {})})
+    digests = dist.all_gather_object(checkpoint.weights_digest(result.engine))
+    peak_rss_mb = dist.all_gather_object(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if dist.is_main():
         save_json({"step": result.step, "world_size": dist.world_size(),
                    "zero_stage": p.ds_config["zero_optimization"]["stage"],
                    "precision": p.precision, "best_step": result.best_step,
                    "best_eval": result.best_eval, "final_eval": result.last_eval,
                    "metrics": metrics, "sizes": data.sizes,
-                   "median_step_time_s": result.median_step_time}, run_dir / "summary.json")
+                   "median_step_time_s": result.median_step_time,
+                   "rank_weight_digests": digests, "peak_rss_mb_per_rank": peak_rss_mb},
+                  run_dir / "summary.json")

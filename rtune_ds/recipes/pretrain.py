@@ -41,7 +41,7 @@ class Plan:
     precision: str
     grad_accum: int
     resume_tag: str | None
-    universal: bool  # resume at another world size through a universal checkpoint
+    universal: bool  # resume through a universal checkpoint (other world size or ZeRO stage)
 
 
 def parent_min_lr(model_path: str, where: str) -> float:
@@ -89,6 +89,23 @@ def resume_tag_of(run_dir: Path, resume: str | None) -> str | None:
     return tag
 
 
+def needs_universal(saved: dict, world: int, stage: int, where: str, tag: str) -> bool:
+    """Whether resuming `saved` (a checkpoint's run state) at `world` ranks and ZeRO `stage` goes
+    through a universal checkpoint; a stage change DeepSpeed cannot convert is refused.
+
+    ds_to_universal needs ZeRO optimizer files, which stage 0 does not write, and a stage-0 engine
+    cannot load a universal checkpoint; the universal optimizer state of stage 3 and of stages 1/2
+    differ in layout, and each loader reads only its own."""
+    saved_stage = saved["zero_stage"]
+    if saved_stage != stage and not {saved_stage, stage} <= {1, 2}:
+        raise ConfigError(f"{where}: the checkpoint {tag} was saved under ZeRO stage {saved_stage} "
+                          f"and this launch asks for stage {stage}; DeepSpeed can change the stage "
+                          f"of a checkpoint only between 1 and 2: resume with a stage-{saved_stage} "
+                          "DeepSpeed JSON")
+    # a stage-0 checkpoint holds the whole optimizer state, which loads at any world size
+    return saved_stage != stage or (saved["world_size"] != world and stage > 0)
+
+
 def plan(cfg: RunConfig, where: str, resume: str | None) -> Plan:
     world = dist.world_size()
     grad_accum, _ = resolve_batch(cfg, world, where)
@@ -109,7 +126,8 @@ def plan(cfg: RunConfig, where: str, resume: str | None) -> Plan:
                 f"global batch of {saved['global_batch']} (world size {saved['world_size']}); this "
                 f"launch has {ds_config['train_batch_size']}: set train.global_batch_size="
                 f"{saved['global_batch']}")
-        universal = saved["world_size"] != world
+        universal = needs_universal(saved, world, ds_config["zero_optimization"].get("stage", 0),
+                                    f"{where}: key 'deepspeed' ({ds_where})", tag)
         if universal:
             ds_config.setdefault("checkpoint", {})["load_universal"] = True
     return Plan(cfg, where, objective, schedule, switch_step_of(cfg, schedule), ds_config,
@@ -174,7 +192,8 @@ def run(cfg: RunConfig, where: str, resume: str | None, command: str) -> engine.
         run_dir=run_dir, ds_config=p.ds_config, schedule=p.schedule, max_steps=t.max_steps,
         micro_batch=t.micro_batch_size, grad_accum=p.grad_accum,
         tokens_per_sample=cfg.data.seq_len, stop_after=t.stop_after, eval_every=t.eval_every,
-        save_every=t.save_every, log_every=t.log_every, resume_tag=resume_tag)
+        save_every=t.save_every, log_every=t.log_every, resume_tag=resume_tag,
+        nonfinite=t.nonfinite)
     result = engine.train(model, spec, source, lm_loss,
                           lambda module: evaluate_lm(module, data.eval_sets, objective,
                                                      t.micro_batch_size))

@@ -7,29 +7,18 @@ eval loss, and whether the final losses agree within the stated tolerance.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 from rtune_ds.config import ConfigError, load_run_config
+from rtune_ds.recipes.launch import launcher_command, run_launch
 
 LOSS_TOLERANCE = 1e-3  # absolute, on the final eval loss: ZeRO stages only reorder reductions
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch_command(job: str, ds_config: str, nproc: int, run_dir: Path,
                    overrides: list[str]) -> list[str]:
-    deepspeed = str(Path(sys.executable).parent / "deepspeed")
-    return [deepspeed, "--num_gpus", str(nproc), "--master_port", str(_free_port()),
-            "--module", "rtune_ds", "pretrain", "--config", job, "--ds-config", ds_config,
-            f"run_dir={run_dir}", *overrides]
+    return launcher_command(nproc, ["pretrain", "--config", job, "--ds-config", ds_config,
+                                    f"run_dir={run_dir}", *overrides])
 
 
 def row_of(name: str, run_dir: Path) -> dict:
@@ -64,13 +53,8 @@ def run(job: str, ds_configs: list[str], nproc: int, out: str, overrides: list[s
     for path in ds_configs:
         name = Path(path).stem
         run_dir = out_dir / name
-        cmd = launch_command(job, path, nproc, run_dir, overrides)
-        print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        proc = subprocess.run(cmd, env=env)
-        if proc.returncode != 0:
-            raise ConfigError(f"sweep: the launch for {path} failed with exit code "
-                              f"{proc.returncode}; its run dir is {run_dir}")
+        run_launch(launch_command(job, path, nproc, run_dir, overrides),
+                   f"sweep: {path} (run dir {run_dir})")
         rows.append(row_of(name, run_dir))
     losses = [r["final_eval_loss"] for r in rows]
     agree = max(losses) - min(losses) <= LOSS_TOLERANCE

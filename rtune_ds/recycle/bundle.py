@@ -20,15 +20,19 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import deepspeed
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from rtune_ds import checkpoint, dist
 from rtune_ds.config import ConfigError, save_json
 from rtune_ds.models import task_auto_class, task_model_kwargs
+from rtune_ds.recycle.mapping import (Policy, apply_mapping, full_shapes, mapping_targets,
+                                      plan_mapping)
 
 FORMAT = "rtune-bundle/1"
 PEFT_PREFIX = "base_model.model."
@@ -79,6 +83,7 @@ def save_bundle(engine, out_dir: Path, *, method: str, task_type: str, base_dir:
     if kind == "delta":
         tuned = checkpoint.gathered_state_dict(engine)  # every tensor, gathered
     else:
+        checkpoint.settle_partitions(engine)
         tuned = gather_trainable(module)  # adapter + head only
     if not dist.is_main():
         dist.barrier()
@@ -123,7 +128,99 @@ def read_bundle(bundle_dir: str | Path) -> dict:
     meta = json.loads(path.read_text())
     if meta.get("format") != FORMAT:
         raise ConfigError(f"{path}: unknown bundle format {meta.get('format')!r}")
+    for key, name in meta.get("files", {}).items():
+        inside = Path(bundle_dir).resolve()
+        if Path(name).is_absolute() or inside not in Path(inside, name).resolve().parents:
+            raise ConfigError(f"{path}: key 'files.{key}': '{name}' points outside the bundle")
     return meta
+
+
+def tensor_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    """Names and shapes from a safetensors header. Anything else (a pickle, say) is refused
+    unread: nothing in a bundle is ever unpickled."""
+    try:
+        with safe_open(str(file), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for foreign bytes
+        raise ConfigError(f"{file}: not a safetensors file ({err}); bundles hold safetensors "
+                          "only and are never unpickled") from None
+
+
+@dataclass
+class OldWeights:
+    """What a bundle tuned on an older base brings to a new one: an rtune bundle, or a plain
+    PEFT adapter directory (adapter_config.json + adapter_model.safetensors) saved by peft."""
+    path: Path
+    kind: str  # delta | peft
+    method: str  # full | lora | ia3
+    task_type: str
+    labels: list[str] | None
+    base: dict  # path, fingerprint (None for a plain PEFT directory), model_type
+    sources: dict[str, tuple[tuple[int, ...], str]]  # tensor -> (shape, 'add' | 'set')
+    files: dict[str, Path]  # tensor -> safetensors file
+    metrics: dict = field(default_factory=dict)
+    config: dict | None = None  # the RunConfig that made it (rtune bundles)
+
+    @property
+    def adapter_dir(self) -> Path | None:
+        return next(iter(self.files.values())).parent if self.kind == "peft" else None
+
+    def peft_config(self):
+        from peft import PeftConfig
+
+        config = PeftConfig.from_pretrained(str(self.adapter_dir))
+        config.inference_mode = False
+        return config
+
+    def read(self, name: str) -> torch.Tensor:
+        with safe_open(str(self.files[name]), "pt") as f:
+            return f.get_tensor(name)
+
+
+def _add_sources(old: OldWeights, file: Path, how: str) -> None:
+    for name, shape in tensor_shapes(file).items():
+        old.sources[name], old.files[name] = (shape, how), file
+
+
+def open_old_weights(path: str | Path, labels: list[str] | None, where: str) -> OldWeights:
+    """Read a bundle's metadata and tensor shapes (no tensor data). `labels`: the label names a
+    plain PEFT classifier directory is used with (rtune bundles carry their own)."""
+    path = Path(path)
+    if Path(path, "bundle.json").is_file():
+        meta = read_bundle(path)
+        lineage = Path(path, "lineage.json")
+        old = OldWeights(path, meta["kind"], meta["method"], meta["task"]["type"],
+                         meta["task"]["labels"], meta["base"], {}, {}, meta.get("metrics", {}),
+                         json.loads(lineage.read_text()).get("config") if lineage.is_file() else None)
+        if old.kind == "delta":
+            _add_sources(old, path / meta["files"]["delta"], "add")
+        else:
+            _add_sources(old, path / meta["files"]["adapter"] / "adapter_model.safetensors", "set")
+        if old.kind == "delta" and "head" in meta["files"]:
+            _add_sources(old, path / meta["files"]["head"], "set")
+        return old
+    config_file = path / "adapter_config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"{where}: --bundle {path}: neither an rtune bundle (bundle.json) nor a "
+                          "PEFT adapter directory (adapter_config.json)")
+    if not (path / "adapter_model.safetensors").is_file():
+        raise ConfigError(f"{where}: --bundle {path}: no adapter_model.safetensors (pickled "
+                          "adapter_model.bin files are not loaded)")
+    peft_config = json.loads(config_file.read_text())
+    task_type = {"SEQ_CLS": "classification", "CAUSAL_LM": "lm"}.get(peft_config.get("task_type"))
+    method = str(peft_config.get("peft_type", "")).lower()
+    if task_type is None or method not in ("lora", "ia3"):
+        raise ConfigError(f"{config_file}: a {peft_config.get('peft_type')} adapter for task_type "
+                          f"{peft_config.get('task_type')}; rtune recycles LORA and IA3 adapters "
+                          "for SEQ_CLS and CAUSAL_LM")
+    if task_type == "classification" and not labels:
+        raise ConfigError(f"{where}: key 'task.labels': a plain PEFT classifier carries no label "
+                          "names; give task.labels or a task.train file with the labels")
+    old = OldWeights(path, "peft", method, task_type, labels if task_type == "classification"
+                     else None, {"path": peft_config.get("base_model_name_or_path"),
+                                 "fingerprint": None, "model_type": None}, {}, {})
+    _add_sources(old, path / "adapter_model.safetensors", "set")
+    return old
 
 
 def apply_bundle(bundle_dir: str | Path, base_dir: str | Path, merge: bool = True,
@@ -146,20 +243,16 @@ def apply_bundle(bundle_dir: str | Path, base_dir: str | Path, merge: bool = Tru
             str(base_dir), dtype=torch.float32,
             **task_model_kwargs(task["type"], task["labels"], task["pad_token_id"]))
 
+    old = open_old_weights(bundle_dir, task["labels"], str(bundle_dir))  # safetensors only
     model = load_base()
-    if meta["kind"] == "peft":
-        model = PeftModel.from_pretrained(model, str(bundle_dir / meta["files"]["adapter"]))
+    if old.kind == "peft":
+        model = PeftModel.from_pretrained(model, str(old.adapter_dir))
         if merge:
             model = _merged(model, load_base())
     else:
-        state = model.state_dict()
-        delta = load_file(str(bundle_dir / meta["files"]["delta"]))
-        head = load_file(str(bundle_dir / meta["files"]["head"])) if "head" in meta["files"] else {}
-        with torch.no_grad():
-            for k, d in delta.items():
-                state[k] = state[k] + d.to(state[k].dtype)
-            state.update(head)
-        model.load_state_dict(state, strict=True)
+        tensors, aliases = mapping_targets(model, peft=False)
+        apply_mapping(tensors, plan_mapping(old.sources, full_shapes(tensors), Policy(),
+                                            str(bundle_dir), aliases), old.read)
     return model.eval()
 
 

@@ -2,9 +2,11 @@
 differs only by the model, the data source, the loss and the initial state it is handed."""
 from __future__ import annotations
 
+import math
 import signal
 import statistics
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -14,7 +16,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from rtune_ds import checkpoint, dist
-from rtune_ds.config import ConfigError
+from rtune_ds.config import ConfigError, RunError
 from rtune_ds.monitor import Monitor
 from rtune_ds.train.schedules import Schedule
 
@@ -46,6 +48,7 @@ class LoopSpec:
     save_checkpoints: bool = True
     best_metric: str | None = None  # keep the weights of the best eval by this key; reload at the end
     best_mode: str = "max"  # max | min
+    nonfinite: str = "stop"  # a NaN/Inf loss on any rank: stop (RunError) | skip that step's update
 
 
 @dataclass
@@ -123,7 +126,7 @@ class BestState:
 
 class StopRequest:
     """SIGTERM / SIGINT (what SLURM sends before preemption) ask the loop to checkpoint and end.
-    Ranks agree on the step with an all-reduce, because saving is collective."""
+    Ranks agree on the step through the loop's per-step all-reduce, because saving is collective."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -134,12 +137,31 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         self.requested = True
 
-    def agreed(self) -> bool:
-        return dist.all_reduce_sum(torch.tensor([float(self.requested)])).item() > 0
-
     def release(self) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def update_left_out(engine):
+    """engine.step() without the optimizer's update: DeepSpeed still clears the gradients and
+    advances its micro/global step counters and the LR schedule. DeepSpeed has no public call for
+    this outside fp16 loss scaling, but every ZeRO stage (and its bf16 path) updates through the
+    torch optimizer it was given, so leaving out that optimizer's step() skips the update at any
+    stage, offloaded or not, and leaves the optimizer state untouched."""
+    optimizer = engine.basic_optimizer
+    optimizer.step = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        del optimizer.step
+
+
+def finite_grads(module: torch.nn.Module) -> bool:
+    """Whether every gradient held in `module` is finite (under ZeRO stage 0, after the boundary's
+    all-reduce: the same on every rank)."""
+    norms = [torch.linalg.vector_norm(p.grad) for p in module.parameters() if p.grad is not None]
+    return bool(torch.stack(norms).isfinite().all()) if norms else True
 
 
 def train(model: torch.nn.Module, spec: LoopSpec, source: BatchSource,
@@ -157,14 +179,14 @@ def train(model: torch.nn.Module, spec: LoopSpec, source: BatchSource,
     if world == 1 and engine.zero_optimization_stage() == 0:
         engine.enable_backward_allreduce = False  # nothing to reduce; saves a flatten+copy per step
     ckpt_dir = spec.run_dir / "checkpoints"
-    step = tokens = 0
+    step = tokens = skipped = 0
     if spec.resume_tag:
         state = checkpoint.load(engine, ckpt_dir, spec.resume_tag)
         if state["global_batch"] != global_batch:  # the data order is per global batch
             raise ConfigError(
                 f"{ckpt_dir / spec.resume_tag}: saved with global batch {state['global_batch']}; "
                 f"this launch has {global_batch}")
-        step, tokens = state["step"], state["tokens"]
+        step, tokens, skipped = state["step"], state["tokens"], state.get("nonfinite_skipped", 0)
         source.load_state_dict(state["data"])
 
     best = BestState(spec.best_metric, spec.best_mode) if spec.best_metric else None
@@ -187,7 +209,8 @@ def train(model: torch.nn.Module, spec: LoopSpec, source: BatchSource,
     def save() -> None:
         if spec.save_checkpoints:
             checkpoint.save(engine, ckpt_dir, step, {
-                "step": step, "tokens": tokens, "data": source.state_dict(),
+                "step": step, "tokens": tokens, "nonfinite_skipped": skipped,
+                "data": source.state_dict(),
                 "world_size": world, "global_batch": global_batch,
                 **({"best": best.state_dict()} if best else {})})
 
@@ -197,11 +220,14 @@ def train(model: torch.nn.Module, spec: LoopSpec, source: BatchSource,
         spec.max_steps, step + spec.stop_after)
     saved_at = step
     engine.train()
+    # ZeRO stages and bf16 check the gradient norm in DeepSpeed's optimizer wrapper and leave out
+    # an update whose norm is NaN/Inf; plain stage 0 steps the torch optimizer directly
+    unchecked_grads = engine.optimizer is engine.basic_optimizer
     stop = StopRequest()
     while step < launch_end:
         started = time.perf_counter()
         rows = source.global_batch(step, global_batch)
-        loss_sum = torch.zeros(1)
+        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, NaN/Inf gradients, stop request
         for micro in range(spec.grad_accum):
             start = (micro * world + rank) * spec.micro_batch
             keys = list(range(step * global_batch + start,
@@ -209,19 +235,42 @@ def train(model: torch.nn.Module, spec: LoopSpec, source: BatchSource,
             inputs = source.make_inputs(rows[start:start + spec.micro_batch], keys)
             loss = loss_fn(engine, inputs)
             engine.backward(loss)
+            totals[0] += loss.detach().double()
+            if micro < spec.grad_accum - 1:
+                engine.step()
+        if unchecked_grads:
+            totals[1] = not finite_grads(engine.module)
+        totals[2] = stop.requested
+        # the step's one all-reduce, before the update: a NaN/Inf loss on any rank makes the sum
+        # non-finite on every rank, and every rank sees a stop request of any rank
+        mean_loss, bad_grads, stop_agreed = dist.all_reduce_sum(totals).tolist()
+        mean_loss /= spec.grad_accum * world
+        nonfinite = not math.isfinite(mean_loss) or bad_grads > 0
+        with update_left_out(engine) if nonfinite else nullcontext():
             engine.step()
-            loss_sum += loss.detach().float()
+        if not engine.was_step_applied():  # DeepSpeed left it out itself (a NaN/Inf gradient
+            nonfinite = True  # norm) and did not advance the LR schedule: keep it on our step
+            engine.lr_scheduler.step()
+        if nonfinite and spec.nonfinite == "stop":
+            stop.release()
+            monitor.close()
+            last = checkpoint.latest_tag(ckpt_dir)
+            raise RunError(f"step {step + 1}: the loss ({mean_loss:.6g}) or its gradients are "
+                           f"NaN/Inf (train.nonfinite=stop); the step was not applied or saved; "
+                           f"the last complete checkpoint is {ckpt_dir / last if last else 'none'}")
+        skipped += nonfinite
         lr = schedule.lr(step)
         step += 1
         tokens += global_batch * spec.tokens_per_sample
         result.step_times.append(time.perf_counter() - started)
         if step % spec.log_every == 0 or step == launch_end:
-            mean_loss = dist.all_reduce_sum(loss_sum).item() / (spec.grad_accum * world)
             grad_norm = engine.get_global_grad_norm()
             scalars = {"train/loss": mean_loss, "train/lr": lr,
                        "train/tokens_per_s": global_batch * spec.tokens_per_sample
                        / result.step_times[-1], "train/tokens": tokens,
-                       **source.scalars(step - 1)}
+                       "train/nonfinite_skipped": skipped, **source.scalars(step - 1)}
+            if hasattr(loss_fn, "scalars"):  # an objective's own terms (kd/*), on every rank
+                scalars.update(loss_fn.scalars())
             if grad_norm is not None:
                 scalars["train/grad_norm"] = float(grad_norm)
             monitor.log(step, scalars)
@@ -231,7 +280,7 @@ def train(model: torch.nn.Module, spec: LoopSpec, source: BatchSource,
         if spec.save_every and step % spec.save_every == 0:
             save()
             saved_at = step
-        if stop.agreed():
+        if stop_agreed:
             result.stopped_by_signal = True
             break
     stop.release()

@@ -68,3 +68,35 @@ def classification_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy of the class logits (fp32) against the class ids in batch['labels']."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
+
+
+# --- distillation: pure functions of logits and hidden states --------------------------------
+
+def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+          mask: torch.Tensor | None = None) -> torch.Tensor:
+    """T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)), the mean over rows (the last dim is the classes or
+    the vocabulary); `mask` (the leading dims, bool) keeps only real rows, such as the target
+    positions of a sequence. T² keeps the gradient scale independent of T (Hinton et al.)."""
+    s = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    t = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    per_row = (t.exp() * (t - s)).sum(-1)
+    if mask is not None:
+        per_row = per_row[mask]
+    return temperature ** 2 * per_row.mean()
+
+
+def hidden_mse(student_hidden: list[torch.Tensor], teacher_hidden: list[torch.Tensor],
+               attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between paired hidden states [B, L, H] over the real (unpadded) tokens,
+    averaged over the pairs (Patient-KD style)."""
+    keep = attention_mask.bool()
+    terms = [torch.nn.functional.mse_loss(s.float()[keep], t.float()[keep])
+             for s, t in zip(student_hidden, teacher_hidden, strict=True)]
+    return torch.stack(terms).mean()
+
+
+def kd_total(ce: torch.Tensor, kl: torch.Tensor, hidden: torch.Tensor | None, alpha: float,
+             beta: float) -> torch.Tensor:
+    """(1−α)·CE + α·KL (+ β·hidden)."""
+    total = (1 - alpha) * ce + alpha * kl
+    return total if hidden is None else total + beta * hidden

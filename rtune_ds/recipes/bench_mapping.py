@@ -1,0 +1,124 @@
+"""`rtune bench mapping`: the time to map a full fine-tuning bundle onto a new base against the time
+to load that base, for a preset of ~100M parameters, 1 rank on CPU; prints JSON.
+
+The two bases and the bundle are made here with random weights (mapping cost does not depend on
+their values): v0, a bundle tuned on v0 (v0 + a small delta, written by the real bundle writer),
+and v1 = v0 moved a little. Each repeat loads v1 as a task model from disk, then maps the bundle
+onto it as `rtune recycle` does: read the bundle's headers, plan on a meta model, read and add every
+delta tensor (map_s). Medians over the repeats; target map_s / load_s <= 1.5.
+
+transformers loads safetensors lazily (memory-mapped): from_pretrained alone reads almost nothing
+(lazy_load_s), and the first write to a weight copies its pages. Training writes every weight, so
+the load a tuning run pays is from_pretrained plus making every weight resident and private
+(load_s: a clone of each parameter); mapping pays that same cost while it adds the deltas.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from rtune_ds import dist
+from rtune_ds.config import ConfigError, save_json
+from rtune_ds.models import (PRESETS, build_preset, count_parameters, load_task_model,
+                             meta_task_model)
+from rtune_ds.recycle.bundle import open_old_weights, save_bundle
+from rtune_ds.recycle.mapping import (Policy, apply_mapping, full_shapes, mapping_targets,
+                                      plan_mapping)
+from rtune_ds.train.inference import frozen_engine
+
+LABELS = ["negative", "positive"]
+ONE_RANK_STAGE0 = {"train_batch_size": 1, "train_micro_batch_size_per_gpu": 1,
+                   "gradient_accumulation_steps": 1, "zero_optimization": {"stage": 0}}
+
+
+class PresetVocabulary:
+    """What build_preset needs of a tokenizer: a size and the special ids."""
+
+    def __init__(self, size: int):
+        self.size, self.pad_token_id, self.bos_token_id, self.eos_token_id = size, 0, 1, 2
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def _perturbed(model: torch.nn.Module, scale: float, seed: int) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
+def make_inputs(preset: str, work: Path) -> tuple[Path, Path, Path]:
+    """(v0, v1, bundle tuned on v0) under `work`."""
+    v0, v1, bundle = work / "v0", work / "v1", work / "bundle"
+    vocab = PresetVocabulary(PRESETS[preset][1])
+    base = build_preset(preset, vocab, 256, seed=0)
+    base.save_pretrained(str(v0))
+    _perturbed(base, 1e-3, seed=1).save_pretrained(str(v1))
+    del base
+    tuned, head = load_task_model(v0, "classification", LABELS, 0, None, seed=0)
+    engine = frozen_engine(_perturbed(tuned, 1e-3, seed=2), ONE_RANK_STAGE0)
+    save_bundle(engine, bundle, method="full", task_type="classification", base_dir=str(v0),
+                label_names=LABELS, pad_token_id=0, head_names=head, targets={}, metrics={},
+                lineage={"command": "rtune bench mapping"}, tuning={"method": "full"})
+    return v0, v1, bundle
+
+
+def map_bundle(bundle: Path, base: Path, model: torch.nn.Module) -> dict:
+    """What `rtune recycle` does between loading the base and starting DeepSpeed."""
+    old = open_old_weights(bundle, None, "bench")
+    tensors, aliases = mapping_targets(model, peft=False)
+    meta, _ = mapping_targets(meta_task_model(base, "classification", LABELS), peft=False)
+    mapping = plan_mapping(old.sources, full_shapes(meta), Policy(), "bench", aliases)
+    apply_mapping(tensors, mapping, old.read)
+    return mapping.report()
+
+
+def run(preset: str, repeats: int, out: str) -> dict:
+    if preset not in PRESETS or PRESETS[preset][0] != "llama":
+        raise ConfigError(f"--preset {preset}: one of "
+                          f"{', '.join(k for k, v in PRESETS.items() if v[0] == 'llama')}")
+    if repeats < 1:
+        raise ConfigError(f"--repeats {repeats}: must be >= 1")
+    dist.init()
+    out_dir = Path(out)
+    work = out_dir / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    v0, v1, bundle = make_inputs(preset, work)
+    lazy_load_s, load_s, map_s = [], [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        model, _ = load_task_model(v1, "classification", LABELS, 0, None, seed=0)
+        lazy_load_s.append(time.perf_counter() - started)
+        for param in model.parameters():
+            param.data = param.data.clone()
+        load_s.append(time.perf_counter() - started)
+        del model
+        model, _ = load_task_model(v1, "classification", LABELS, 0, None, seed=0)
+        started = time.perf_counter()
+        report = map_bundle(bundle, v1, model)
+        map_s.append(time.perf_counter() - started)
+        params = count_parameters(model)
+        del model
+    result = {"bench": "mapping", "preset": preset, "parameters": params,
+              "bundle_bytes": sum(f.stat().st_size for f in bundle.rglob("*.safetensors")),
+              "repeats": repeats, "lazy_load_s": lazy_load_s, "load_s": load_s, "map_s": map_s,
+              "lazy_load_s_median": statistics.median(lazy_load_s),
+              "load_s_median": statistics.median(load_s), "map_s_median": statistics.median(map_s),
+              "ratio_map_to_load": statistics.median(map_s) / statistics.median(load_s),
+              "target_ratio": 1.5, "mapped_tensors": report["mapped"],
+              "threads": torch.get_num_threads()}
+    shutil.rmtree(work, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / ".bench_mapping.json.tmp"
+    save_json(result, tmp)
+    os.replace(tmp, out_dir / "bench_mapping.json")
+    print(json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,92 @@
+"""The frozen teacher of distillation, and the distillation objective the one loop runs.
+
+The teacher is the old model: the old base with the old bundle applied, frozen (eval(), no
+gradients, forwards under no_grad, its outputs dropped right after the loss). It has its own
+DeepSpeed config (stock: ds_configs/teacher_offload.json, ZeRO-3 inference with its parameters
+offloaded to CPU), independent of the student's, so offloading the teacher never changes how the
+student is sharded. Every rank runs one teacher forward, then one student forward, per micro-batch:
+ZeRO-3 gathers parameters collectively, so the sequence of forwards must match across ranks.
+"""
+from __future__ import annotations
+
+import torch
+
+from rtune_ds import dist
+from rtune_ds.config import DistillConfig, RunConfig
+from rtune_ds.ds_config import STOCK_DIR, read_ds_config, resolve_ds_config
+from rtune_ds.models import load_task_model
+from rtune_ds.recycle.bundle import OldWeights
+from rtune_ds.recycle.mapping import (Policy, apply_mapping, full_shapes, mapping_targets,
+                                      plan_mapping)
+from rtune_ds.train.inference import frozen_engine, inference_config
+from rtune_ds.train.objectives import IGNORE, hidden_mse, kd_kl, kd_total
+
+
+def teacher_ds_config(cfg: RunConfig, world: int, grad_accum: int, peak_lr: float,
+                      hidden_size: int) -> dict:
+    """The teacher's DeepSpeed JSON, its "auto" values filled from the run as the student's are."""
+    path = cfg.distill.teacher_deepspeed or str(STOCK_DIR / "teacher_offload.json")
+    ds_in, where = read_ds_config(path)
+    ds, _ = resolve_ds_config(ds_in, where, cfg, world, grad_accum, peak_lr, hidden_size)
+    return inference_config(ds)
+
+
+def build_teacher(old: OldWeights, old_base: str, label_names: list[str] | None,
+                  pad_token_id: int | None, ds_config: dict, seed: int):
+    """The old model under its own frozen DeepSpeed engine (ZeRO-3: each rank loads its shard)."""
+    model, _ = load_task_model(old_base, old.task_type, label_names, pad_token_id, ds_config, seed)
+    if old.kind == "peft":
+        from peft import get_peft_model
+
+        model = get_peft_model(model, old.peft_config())
+    tensors, aliases = mapping_targets(model, peft=old.kind == "peft")
+    mapping = plan_mapping(old.sources, full_shapes(tensors), Policy(), str(old.path), aliases)
+    apply_mapping(tensors, mapping, old.read)
+    return frozen_engine(model, ds_config)
+
+
+class Distiller:
+    """The loss of the one loop for distillation: (1−α)·CE + α·T²·KL(teacher_T ‖ student_T)
+    (+ β·hidden-state MSE). Its `scalars()` (kd/ce, kd/kl, kd/hidden: means over the micro-batches
+    since the last call, over all ranks) is called by the loop on every rank at log steps."""
+
+    def __init__(self, teacher, settings: DistillConfig, task_type: str, hidden_layers: list[int]):
+        self.teacher, self.s, self.task_type = teacher, settings, task_type
+        self.hidden_layers = hidden_layers if settings.beta > 0 else []
+        self.sums = torch.zeros(4, dtype=torch.float64)  # ce, kl, hidden, micro-batches
+
+    def _forward(self, model, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    output_hidden_states=bool(self.hidden_layers))
+        hidden = [out.hidden_states[i] for i in self.hidden_layers]
+        return out.logits, hidden
+
+    def __call__(self, engine, batch: dict) -> torch.Tensor:
+        with torch.no_grad():
+            t_logits, t_hidden = self._forward(self.teacher, batch)
+        s_logits, s_hidden = self._forward(engine, batch)
+        labels = batch["labels"]
+        if self.task_type == "classification":
+            ce = torch.nn.functional.cross_entropy(s_logits.float(), labels)
+            kl = kd_kl(s_logits, t_logits, self.s.temperature)
+        else:  # next-token targets: position i predicts token i+1 of the completion
+            s_logits, t_logits, labels = s_logits[:, :-1], t_logits[:, :-1], labels[:, 1:]
+            targets = labels != IGNORE
+            ce = torch.nn.functional.cross_entropy(s_logits[targets].float(), labels[targets])
+            kl = kd_kl(s_logits, t_logits, self.s.temperature, targets)
+        hidden = (hidden_mse(s_hidden, t_hidden, batch["attention_mask"])
+                  if self.hidden_layers else None)
+        del t_logits, t_hidden  # the teacher's outputs are not kept past the loss
+        self.sums += torch.tensor([ce.item(), kl.item(),
+                                   hidden.item() if hidden is not None else 0.0, 1.0],
+                                  dtype=torch.float64)
+        return kd_total(ce, kl, hidden, self.s.alpha, self.s.beta)
+
+    def scalars(self) -> dict[str, float]:
+        sums = dist.all_reduce_sum(self.sums.clone())
+        self.sums.zero_()
+        n = max(sums[3].item(), 1.0)
+        out = {"kd/ce": sums[0].item() / n, "kd/kl": sums[1].item() / n}
+        if self.hidden_layers:
+            out["kd/hidden"] = sums[2].item() / n
+        return out
