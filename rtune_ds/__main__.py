@@ -1,3 +1,3 @@
-from rtune_ds.cli import main
+from rtune_ds.cli import entry
 
-raise SystemExit(main())
+entry()
