@@ -1,5 +1,5 @@
 """`rtune demo --quick` end to end on 2 CPU ranks, on data made from the committed fixtures (no
-network): every launch runs, and the report's numbers are the ones in the runs' files."""
+network): every job runs, and the report's numbers are the ones in the runs' files."""
 from __future__ import annotations
 
 import json
@@ -43,10 +43,10 @@ def test_demo_quick_report_matches_the_runs(tmp_path):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
     runs = out / "runs"
-    assert not any(x["reused"] for x in report["launches"])
-    for launch in report["launches"]:  # every run dir has its own TensorBoard events
-        if launch["name"] not in ("similarity",):
-            assert list((runs / launch["name"] / "tensorboard").glob("**/events.*")), launch
+    assert not any(x["reused"] for x in report["jobs"])
+    for job in report["jobs"]:  # every run dir has its own TensorBoard events
+        if job["name"] not in ("similarity",):
+            assert list((runs / job["name"] / "tensorboard").glob("**/events.*")), job
 
     # every tuned / recycled run: the report's numbers are its summary.json or compat.json values
     for name, r in report["runs"].items():
@@ -93,13 +93,13 @@ def test_demo_quick_report_matches_the_runs(tmp_path):
     for row in report["table"]:
         assert f"| {row['task']} | {row['run']} | {row['dev_mean']:.3f} | {row['test_mean']:.3f}" in md
 
-    # a second run reuses every finished launch and rewrites the same numbers
+    # a second run reuses every finished job and rewrites the same numbers
     again = subprocess.run([sys.executable, "-m", "rtune_ds", "demo", "--quick", "--out",
                             str(out), "--data", str(data)], cwd=ROOT, capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-4000:]
     second = json.loads((out / "report.json").read_text())
-    assert all(x["reused"] for x in second["launches"])
+    assert all(x["reused"] for x in second["jobs"])
     assert second["table"] == report["table"]
     # another budget into the same OUT is refused before any launch
     other = subprocess.run([sys.executable, "-m", "rtune_ds", "demo", "--out", str(out), "--data",

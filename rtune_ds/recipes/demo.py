@@ -502,8 +502,8 @@ def markdown(report: dict) -> str:
     L = [f"# rtune demo ({report['profile']})", "",
          f"Model preset `{b['preset']}`, {b['precision']}, {report['nproc']} ranks, DeepSpeed "
          f"`{report['ds_config']}`; {report['seeds']} few-shot seed(s); wall time "
-         f"{report['wall_time_s']:.0f} s ({len(report['launches'])} launches, "
-         f"{sum(1 for x in report['launches'] if x['reused'])} reused). Every number below is read "
+         f"{report['wall_time_s']:.0f} s ({len(report['jobs'])} jobs in one deepspeed launch, "
+         f"{sum(1 for x in report['jobs'] if x['reused'])} reused). Every number below is read "
          "from the run directories under `runs/` (TensorBoard: `tensorboard --logdir runs`).", ""]
     p = report["pretraining"]
     v0, v1 = p["v0"], p["v1"]
@@ -721,12 +721,12 @@ def run(quick: bool, out: str, nproc: int, seeds: int | None, data: str | None,
         run_launch(launcher_command(nproc, ["demo", "--run-plan", str(plan)]),
                    f"demo (plan {plan})")
         seconds = read_json(out_dir / "plan.seconds.json")
-    launches = [{"name": j.name, "command": "rtune " + " ".join(j.args),
-                 "reused": j.name not in seconds, "seconds": seconds.get(j.name, 0.0)}
-                for j in jobs]
+    job_records = [{"name": j.name, "command": "rtune " + " ".join(j.args),
+                    "reused": j.name not in seconds, "seconds": seconds.get(j.name, 0.0)}
+                   for j in jobs]
     meta = {"command": command, "profile": budget["profile"], "nproc": nproc,
             "seeds": budget["seeds"], "ds_config": ds, "data": str(data_path),
-            "task_records": counts, "launches": launches, "wall_time_s": time.time() - start}
+            "task_records": counts, "jobs": job_records, "wall_time_s": time.time() - start}
     report = build_report(out_dir, jobs, budget, meta)
     print(markdown(report))
     print(f"rtune demo: report -> {out_dir / 'report.md'} ({report['wall_time_s']:.0f} s)",
