@@ -88,7 +88,7 @@ def test_demo_quick_report_matches_the_runs(tmp_path):
     vanilla = [json.loads(x) for x in (runs / "foldoc_category-v1-full-full" / "metrics.jsonl")
                .read_text().splitlines()]
     best = max(x["eval/accuracy"] for x in vanilla if "eval/accuracy" in x)
-    assert report["convergence"]["pairs"][0]["target"] == best
+    assert report["convergence"]["pairs"][0]["vanilla_best"] == best
     md = (out / "report.md").read_text()
     for row in report["table"]:
         assert f"| {row['task']} | {row['run']} | {row['dev_mean']:.3f} | {row['test_mean']:.3f}" in md
