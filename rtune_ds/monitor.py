@@ -10,7 +10,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rtune_ds import dist
-from rtune_ds.config import save_text
 
 
 class Monitor:
@@ -57,7 +56,9 @@ def _truncate_after(path: Path, step: int) -> None:
         return
     kept = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line)["step"] <= step]
-    save_text("".join(line + "\n" for line in kept), path)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
 
 
 def read_metrics(path: str | Path) -> list[dict]:
