@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import deepspeed
@@ -53,6 +54,25 @@ def write_failed(target: Path, err: Exception, staging: Path) -> RunError:
     reason = " ".join(str(err).split())
     return RunError(f"{target}: writing it failed ({reason}); is the disk full? Nothing that was "
                     "already there was changed")
+
+
+@contextmanager
+def staged_dir(out_dir: Path):
+    """A directory written whole or not at all: the body fills a staging dir beside `out_dir`,
+    which then replaces `out_dir`; a failed write removes it and raises a RunError naming
+    `out_dir`, any other error just removes it."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".tmp-{out_dir.name}-"))
+    try:
+        yield tmp
+    except (OSError, SafetensorError) as err:
+        raise write_failed(out_dir, err, tmp) from err
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
 
 
 def save(engine, ckpt_dir: Path, step: int, client_state: dict) -> None:
@@ -197,15 +217,8 @@ def export_hf(engine, tokenizer, out_dir: Path, lineage: dict) -> None:
     """Write a plain HF model directory (weights, config, tokenizer, lineage.json) atomically."""
     state_dict = gathered_state_dict(engine)
     if dist.is_main():
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".tmp-{out_dir.name}-"))
-        try:
+        with staged_dir(out_dir) as tmp:
             engine.module.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
             tokenizer.save_pretrained(str(tmp))
             save_json({**lineage, "fingerprint": fingerprint(tmp)}, tmp / "lineage.json")
-        except (OSError, SafetensorError) as err:
-            raise write_failed(out_dir, err, tmp) from err
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
     dist.barrier()

@@ -88,3 +88,24 @@ def test_sigkill_while_a_checkpoint_is_written_resumes_from_the_previous_one(tmp
     full = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
     cut = load_file(str(tmp_path / "cut" / "final" / "model.safetensors"))
     assert max((full[k] - cut[k]).abs().max().item() for k in full) <= 1e-6
+
+
+def test_staged_dir_replaces_whole_or_leaves_the_old_one(tmp_path):
+    from rtune_ds.checkpoint import staged_dir
+    from rtune_ds.config import RunError
+
+    out = tmp_path / "final"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(RunError, match=f"{out}: writing it failed"):
+        with staged_dir(out) as tmp:
+            (tmp / "new.txt").write_text("new")
+            raise OSError(28, "No space left on device")
+    with pytest.raises(ValueError):
+        with staged_dir(out) as tmp:
+            raise ValueError("not a write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]  # no staging dir left
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    with staged_dir(out) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["new.txt"]

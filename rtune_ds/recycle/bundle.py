@@ -17,9 +17,6 @@ empty shards), and a PEFT run gathers and writes only its trainable parameters.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,34 +87,32 @@ def save_bundle(engine, out_dir: Path, *, method: str, task_type: str, base_dir:
         return
     tuned = {k: v.detach().cpu().contiguous() for k, v in tuned.items()}
     _check_full(tuned)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".tmp-{out_dir.name}-"))
-    files = {}
     if kind == "delta":
         base = base_state(base_dir, task_type, label_names, pad_token_id)
         delta = {k: (tuned[k].float() - base[k].float()).contiguous() for k in base if k in tuned}
         head = {k: tuned[k] for k in head_names}
-        save_file(delta, str(tmp / "delta.safetensors"), metadata={"format": "pt"})
-        files["delta"] = "delta.safetensors"
     else:
-        module.save_pretrained(str(tmp / "adapter"), state_dict=tuned, safe_serialization=True)
         head = peft_head(tuned)
-        files["adapter"] = "adapter"
-    if head:
-        save_file(head, str(tmp / "head.safetensors"), metadata={"format": "pt"})
-        files["head"] = "head.safetensors"
-    save_json({
-        "format": FORMAT, "kind": kind, "method": method,
-        "base": {"path": str(Path(base_dir).resolve()), "fingerprint": checkpoint.fingerprint(base_dir),
-                 "model_type": json.loads(Path(base_dir, "config.json").read_text()).get("model_type")},
-        "task": {"type": task_type, "labels": label_names, "pad_token_id": pad_token_id},
-        "head": sorted(head), "targets": targets, "tuning": tuning, "files": files,
-        "metrics": metrics,
-    }, tmp / "bundle.json")
-    save_json(lineage, tmp / "lineage.json")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    base_meta = {"path": str(Path(base_dir).resolve()), "fingerprint": checkpoint.fingerprint(base_dir),
+                 "model_type": json.loads(Path(base_dir, "config.json").read_text()).get("model_type")}
+    with checkpoint.staged_dir(out_dir) as tmp:
+        files = {}
+        if kind == "delta":
+            save_file(delta, str(tmp / "delta.safetensors"), metadata={"format": "pt"})
+            files["delta"] = "delta.safetensors"
+        else:
+            module.save_pretrained(str(tmp / "adapter"), state_dict=tuned, safe_serialization=True)
+            files["adapter"] = "adapter"
+        if head:
+            save_file(head, str(tmp / "head.safetensors"), metadata={"format": "pt"})
+            files["head"] = "head.safetensors"
+        save_json({
+            "format": FORMAT, "kind": kind, "method": method, "base": base_meta,
+            "task": {"type": task_type, "labels": label_names, "pad_token_id": pad_token_id},
+            "head": sorted(head), "targets": targets, "tuning": tuning, "files": files,
+            "metrics": metrics,
+        }, tmp / "bundle.json")
+        save_json(lineage, tmp / "lineage.json")
     dist.barrier()
 
 
@@ -284,18 +279,15 @@ def export_merged(bundle_dir: str | Path, base_dir: str | Path, out_dir: str | P
     if not Path(base_dir, "config.json").is_file():
         raise ConfigError(f"--base {base_dir}: not a Hugging Face model directory (no config.json)")
     model = apply_bundle(bundle_dir, base_dir, merge=True, check_fingerprint=check_fingerprint)
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    parent = {"path": str(Path(base_dir).resolve()), "fingerprint": checkpoint.fingerprint(base_dir)}
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".tmp-{out_dir.name}-"))
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(base_dir)).save_pretrained(str(tmp))
-    save_json({"command": command, "kind": "merged", "bundle": {
-        "path": str(Path(bundle_dir).resolve()), "kind": meta["kind"], "method": meta["method"]},
-        "parent": {"path": str(Path(base_dir).resolve()),
-                   "fingerprint": checkpoint.fingerprint(base_dir)},
-        "task": meta["task"], "metrics": meta["metrics"], "code_version": checkpoint.code_version(),
-        "fingerprint": checkpoint.fingerprint(tmp)}, tmp / "lineage.json")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with checkpoint.staged_dir(out_dir) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        save_json({"command": command, "kind": "merged", "bundle": {
+            "path": str(Path(bundle_dir).resolve()), "kind": meta["kind"], "method": meta["method"]},
+            "parent": parent, "task": meta["task"], "metrics": meta["metrics"],
+            "code_version": checkpoint.code_version(),
+            "fingerprint": checkpoint.fingerprint(tmp)}, tmp / "lineage.json")
     return out_dir
