@@ -431,5 +431,12 @@ def save_yaml(data: dict, path: Path) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+def save_text(text: str, path: Path) -> None:
+    """Write `path` whole or not at all: a sibling temp file, then a rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def save_json(data: Any, path: Path) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    save_text(json.dumps(data, indent=2, default=str) + "\n", path)

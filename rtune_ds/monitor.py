@@ -10,6 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rtune_ds import dist
+from rtune_ds.config import save_text
 
 
 class Monitor:
@@ -56,9 +57,7 @@ def _truncate_after(path: Path, step: int) -> None:
         return
     kept = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line)["step"] <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    save_text("".join(line + "\n" for line in kept), path)
 
 
 def read_metrics(path: str | Path) -> list[dict]:

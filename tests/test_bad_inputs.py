@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import FIXTURES, rtune, tiny_config, write_config
+from conftest import rtune, tiny_config, write_config
 
 
 def setup_case(tmp_path, case):

@@ -1,7 +1,6 @@
 """The launch scripts parse, and print the launcher command they run."""
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 

@@ -11,7 +11,6 @@ import subprocess
 
 import pytest
 
-from rtune_ds.config import ConfigError
 from rtune_ds.data import prepare as P
 
 LICENSE = ("  1 This software and database is being provided to you, the LICENSEE, by  \n"

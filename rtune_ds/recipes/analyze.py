@@ -37,6 +37,7 @@ from rtune_ds.data.examples import load_task
 from rtune_ds.data.tokenizer import load_tokenizer, tokenizer_hash
 from rtune_ds.models import load_task_model, meta_task_model
 from rtune_ds.monitor import Monitor, read_metrics
+from rtune_ds.plots import pyplot, save_figure
 from rtune_ds.recipes import finetune
 from rtune_ds.recipes.pretrain import write_run_files
 from rtune_ds.recycle import analysis
@@ -216,7 +217,7 @@ def connectivity(cfg: RunConfig, where: str, pairs: list[Pair], points: int,
                         for k in curve[0] if k != "lambda"}}
     monitor.close()
     if dist.is_main():
-        write_json(result, run_dir / "connectivity.json")
+        save_json(result, run_dir / "connectivity.json")
         plot_connectivity(result, run_dir / "connectivity.png")
         print(f"rtune: connectivity -> {run_dir / 'connectivity.json'}")
     dist.barrier()
@@ -269,7 +270,7 @@ def similarity(cfg: RunConfig, where: str, pairs: list[Pair], max_examples: int,
     bar.close()
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(result, run_dir / "similarity.json")
+    save_json(result, run_dir / "similarity.json")
     plot_similarity(result, run_dir / "similarity.png")
     print(f"rtune: similarity -> {run_dir / 'similarity.json'}")
     return result
@@ -288,7 +289,7 @@ def distance(pairs: list[Pair], backbone_only: bool, out: str, command: str) -> 
                                           **analysis.parameter_distances(a, b, head)}
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(result, out_dir / "distance.json")
+    save_json(result, out_dir / "distance.json")
     print(f"rtune: distance -> {out_dir / 'distance.json'}")
     return result
 
@@ -336,7 +337,7 @@ def convergence(runs: list[str], metric: str, target: float, fraction: float, ou
     if dist.is_main():
         out_dir = Path(out)
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(result, out_dir / "convergence.json")
+        save_json(result, out_dir / "convergence.json")
         print(f"rtune: convergence -> {out_dir / 'convergence.json'}")
     return result
 
@@ -361,29 +362,8 @@ def run(args, command: str) -> None:
         similarity(cfg, where, pairs, args.max_examples, command)
 
 
-def write_json(data, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_json(data, tmp)
-    os.replace(tmp, path)
-
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    _pyplot().close(fig)
-    os.replace(tmp, path)
-
-
 def plot_connectivity(result: dict, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     metrics = [k for k in result["pairs"]["main"]["curve"][0] if k != "lambda"]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
@@ -394,12 +374,11 @@ def plot_connectivity(result: dict, path: Path) -> None:
         ax.set_ylabel(f"dev {metric}")
     axes[0][0].legend()
     fig.suptitle("Linear interpolation between two tuned models")
-    fig.tight_layout()
     save_figure(fig, path)
 
 
 def plot_similarity(result: dict, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     pairs = result["pairs"]
     top = max(max(max(row) for row in pair["js"]) for pair in pairs.values()) or analysis.LN2
     fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4.2), squeeze=False)
@@ -414,5 +393,4 @@ def plot_similarity(result: dict, path: Path) -> None:
         fig.colorbar(image, ax=ax, label="JS divergence (nats)")
     fig.suptitle(f"Attention-head divergence between the tuned models\n({result['examples']} "
                  "dev examples)", fontsize=10)
-    fig.tight_layout()
     save_figure(fig, path)

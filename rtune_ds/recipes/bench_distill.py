@@ -7,7 +7,6 @@ teacher's forward is about a third of a training step). The teacher runs under i
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from rtune_ds.config import ConfigError, load_run_config, save_json
@@ -48,8 +47,6 @@ def run(config: str, ds_config: str | None, bundle: str, base: str, nproc: int, 
               "precision": "bf16" if ds_used.get("bf16", {}).get("enabled") else "fp32",
               **result, "step_time_ratio": ratio, "target_ratio": TARGET,
               "teacher": json.loads((runs["distill"] / "teacher.json").read_text())}
-    tmp = out_dir / ".bench_distill.json.tmp"
-    save_json(report, tmp)
-    os.replace(tmp, out_dir / "bench_distill.json")
+    save_json(report, out_dir / "bench_distill.json")
     print(json.dumps(report, indent=2))
     return report

@@ -15,7 +15,6 @@ the load a tuning run pays is from_pretrained plus making every weight resident 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
 import time
@@ -117,8 +116,6 @@ def run(preset: str, repeats: int, out: str) -> dict:
               "threads": torch.get_num_threads()}
     shutil.rmtree(work, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / ".bench_mapping.json.tmp"
-    save_json(result, tmp)
-    os.replace(tmp, out_dir / "bench_mapping.json")
+    save_json(result, out_dir / "bench_mapping.json")
     print(json.dumps(result, indent=2))
     return result

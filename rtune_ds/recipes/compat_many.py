@@ -10,12 +10,13 @@ compat`, on every rank):
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from rtune_ds import dist
-from rtune_ds.config import ConfigError, RunConfig, read_mapping, run_config_from, save_json
+from rtune_ds.config import (ConfigError, RunConfig, read_mapping, run_config_from, save_json,
+                             save_text)
 from rtune_ds.monitor import Monitor
+from rtune_ds.plots import pyplot, save_figure
 from rtune_ds.recipes import recycle
 from rtune_ds.recycle.mapping import Policy
 
@@ -61,12 +62,6 @@ def base_label(base: str) -> str:
     return "/".join(Path(base).resolve().parts[-2:])
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def recycle_all(bundles: str, base: str, config: str | None, overrides: list[str], out: str,
                 policy: Policy, command: str, force_same_base: bool = False) -> list[dict]:
     rows = []
@@ -95,10 +90,9 @@ def recycle_all(bundles: str, base: str, config: str | None, overrides: list[str
     rows.sort(key=lambda r: (r["status"] == "refused", -(r.get("kept") or 0.0)))
     if dist.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_text(out_dir / "recycle_all.json", json.dumps(
-            {"base": str(Path(base).resolve()), "survives_at": SURVIVES, "bundles": rows},
-            indent=2) + "\n")
-        _write_text(out_dir / "recycle_all.md", markdown_table(rows, base))
+        save_json({"base": str(Path(base).resolve()), "survives_at": SURVIVES, "bundles": rows},
+                  out_dir / "recycle_all.json")
+        save_text(markdown_table(rows, base), out_dir / "recycle_all.md")
         print(markdown_table(rows, base))
     return rows
 
@@ -138,18 +132,15 @@ def compat_curve(bundle: str, bases: list[str], config: str | None, overrides: l
         for p in points:
             monitor.log(p["index"], {f"compat_curve/dev/{k}": v for k, v in p["dev"].items()})
         monitor.close()
-        _write_text(out_dir / "compat_curve.json", json.dumps(
-            {"bundle": str(Path(bundle).resolve()), "points": points}, indent=2) + "\n")
+        save_json({"bundle": str(Path(bundle).resolve()), "points": points},
+                  out_dir / "compat_curve.json")
         plot_curve(points, out_dir / "compat_curve.png")
         print(f"rtune: compat curve -> {out_dir / 'compat_curve.json'}")
     return points
 
 
 def plot_curve(points: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     metric = "accuracy" if "accuracy" in points[0]["dev"] else "loss"
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([p["index"] for p in points], [p["dev"][metric] for p in points], marker="o")
@@ -157,8 +148,4 @@ def plot_curve(points: list[dict], path: Path) -> None:
                   [base_label(p["base"]) for p in points], rotation=30, ha="right")
     ax.set_ylabel(f"dev {metric} (compat, no training)")
     ax.set_title("Compatibility of one bundle across base versions")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)

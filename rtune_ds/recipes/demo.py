@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import sys
@@ -39,7 +38,8 @@ from pathlib import Path
 
 import yaml
 
-from rtune_ds.config import ConfigError, RunError, save_json
+from rtune_ds.config import ConfigError, RunError, save_json, save_text
+from rtune_ds.plots import pyplot, save_figure
 from rtune_ds.recipes.launch import launcher_command, run_launch
 from rtune_ds.recycle import analysis
 
@@ -227,9 +227,7 @@ def sample_tasks(data: Path, tasks: Path, sizes: dict) -> dict:
             text = "".join(lines[i] + "\n" for i in keep)
             path = tasks / f"{task}_{split}.jsonl"
             if not path.is_file() or path.read_text() != text:
-                tmp = path.with_name(f".{path.name}.tmp")
-                tmp.write_text(text)
-                os.replace(tmp, path)
+                save_text(text, path)
             counts[f"{task}_{split}"] = len(keep)
     return counts
 
@@ -553,18 +551,11 @@ def markdown(report: dict) -> str:
 
 
 def plots(report: dict, runs: Path, out: Path) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     made = []
 
     def save(fig, name):
-        tmp = out / f".{name}.tmp.png"
-        fig.tight_layout()
-        fig.savefig(tmp, dpi=110)
-        plt.close(fig)
-        os.replace(tmp, out / name)
+        save_figure(fig, out / name)
         made.append(name)
 
     rows = report["table"]
@@ -644,12 +635,8 @@ def build_report(out: Path, jobs: list[Job], budget: dict, meta: dict) -> dict:
                              for n, p in sim.get("pairs", {}).items()},
               "findings": findings(rows, results, conv, conn, sim)}
     report["plots"] = plots(report, runs, out)
-    tmp = out / ".report.json.tmp"
-    save_json(report, tmp)
-    os.replace(tmp, out / "report.json")
-    tmp = out / ".report.md.tmp"
-    tmp.write_text(markdown(report))
-    os.replace(tmp, out / "report.md")
+    save_json(report, out / "report.json")
+    save_text(markdown(report), out / "report.md")
     return report
 
 
@@ -687,9 +674,7 @@ def run_plan(plan: str) -> None:
                            f"{job['run_dir']})")
         seconds[job["name"]] = round(time.time() - t0, 1)
     if dist.is_main():
-        tmp = path.with_name(f".{path.stem}.seconds.tmp")
-        save_json(seconds, tmp)
-        os.replace(tmp, path.with_name(f"{path.stem}.seconds.json"))
+        save_json(seconds, path.with_name(f"{path.stem}.seconds.json"))
 
 
 def run(quick: bool, out: str, nproc: int, seeds: int | None, data: str | None,

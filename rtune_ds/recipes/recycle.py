@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,8 +248,6 @@ def compat(r: Recycling, model, tokenizer, data, run_dir: Path) -> dict:
         monitor.log(0, {f"compat/{split}/{k}": v for split in ("dev", "test") if split in result
                         for k, v in result[split].items()})
         monitor.close()
-        tmp = run_dir / ".compat.json.tmp"
-        save_json(result, tmp)
-        os.replace(tmp, run_dir / "compat.json")
+        save_json(result, run_dir / "compat.json")
     dist.barrier()
     return result
