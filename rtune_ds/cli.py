@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from rtune_ds.config import ConfigError, RunError
+from rtune_ds.errors import ConfigError, RunError
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -115,7 +115,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="runs, configs, task samples and report")
     demo.add_argument("--nproc", type=int, default=2, help="ranks of the launch")
     demo.add_argument("--seeds", type=int, help="few-shot seeds per recycling method (default: "
-                      "the budget's, launch_scripts/configs/demo.yaml)")
+                      "the budget's, rtune_ds/resources/demo.yaml)")
     demo.add_argument("--data", help="a prepared data dir (default: OUT/data, prepared if missing)")
     demo.add_argument("--ds-config", help="DeepSpeed JSON of every job (default: the budget's)")
     demo.add_argument("--run-plan", help=argparse.SUPPRESS)  # the demo's own launch runs its plan
@@ -153,7 +153,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run_config(args, command: str = "pretrain"):
-    from rtune_ds.config import load_run_config
+    from rtune_ds.config.load import load_run_config
 
     overrides = list(args.overrides)
     if args.ds_config:
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             finetune.run(cfg, where, args.resume, "rtune " + " ".join(argv))
         elif args.command == "recycle":
             from rtune_ds.recipes import recycle
-            from rtune_ds.recycle.mapping import Policy, parse_name_map
+            from rtune_ds.recycling.mapping import Policy, parse_name_map
 
             args.overrides.append(f"model.path={args.base}")
             cfg, where = run_config(args, "finetune")
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "recycle-all" or (args.command == "analyze"
                                                 and args.analyze_command == "compat"):
             from rtune_ds.recipes import compat_many
-            from rtune_ds.recycle.mapping import Policy, parse_name_map
+            from rtune_ds.recycling.mapping import Policy, parse_name_map
 
             policy = Policy(parse_name_map(args.name_map, "command line"), args.allow_partial)
             overrides = [*args.overrides, *([f"deepspeed={args.ds_config}"] if args.ds_config else [])]
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
             analyze.run(args, "rtune " + " ".join(argv))
         elif args.command == "export":
-            from rtune_ds.recycle.bundle import export_merged
+            from rtune_ds.artifacts.bundle import export_merged
 
             export_merged(args.bundle, args.base, args.out, "rtune " + " ".join(argv),
                           check_fingerprint=not args.allow_other_base)

@@ -58,7 +58,7 @@ def _unlink_shm_buffer() -> None:
 def main_first(fn: Callable[[], Any]) -> Any:
     """Run `fn` on rank 0 first (it fills caches), then on the others; a ConfigError on rank 0
     is raised on every rank instead of leaving the others waiting."""
-    from rtune_ds.config import ConfigError
+    from rtune_ds.errors import ConfigError
 
     result, error = None, None
     if is_main():

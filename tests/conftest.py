@@ -93,7 +93,7 @@ def tiny_base(cache_dir: Path, preset: str = "llama-1m") -> Path:
     """A tiny untrained base (preset + a BPE tokenizer trained on the fixtures), built once per
     test session: stands in for an `rtune pretrain` export."""
     from rtune_ds.data.tokenizer import train_tokenizer
-    from rtune_ds.models import build_preset
+    from rtune_ds.models.presets import build_preset
 
     out = cache_dir / "bases" / preset
     if not (out / "config.json").is_file():

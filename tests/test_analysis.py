@@ -8,10 +8,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
+from rtune_ds.analysis.connectivity import barrier, interpolate, lambdas
+from rtune_ds.analysis.convergence import steps_to_target, threshold
+from rtune_ds.analysis.distance import parameter_distances
+from rtune_ds.analysis.similarity import LN2, attention_js, js_divergence
 from rtune_ds.cli import main
-from rtune_ds.monitor import Monitor, read_metrics
-from rtune_ds.recycle.analysis import (LN2, attention_js, barrier, interpolate, js_divergence,
-                                       lambdas, parameter_distances, steps_to_target, threshold)
+from rtune_ds.train.monitor import Monitor, read_metrics
 
 
 def tiny_classifier(seed: int) -> LlamaForSequenceClassification:

@@ -8,8 +8,8 @@ import json
 import math
 
 import pytest
-
 from conftest import check, finetune_config, read_jsonl, rtune, write_config
+
 from rtune_ds.cli import main
 
 pytestmark = pytest.mark.slow

@@ -3,7 +3,6 @@ no run output behind."""
 import json
 
 import pytest
-
 from conftest import rtune, tiny_config, write_config
 
 

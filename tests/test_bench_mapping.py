@@ -2,7 +2,6 @@
 import json
 
 import pytest
-
 from conftest import check, rtune
 
 pytestmark = pytest.mark.slow

@@ -6,9 +6,8 @@ import sys
 import time
 
 import pytest
-from safetensors.torch import load_file
-
 from conftest import REPO, base_env, check, rtune, tiny_config, train_losses, write_config
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
@@ -91,8 +90,8 @@ def test_sigkill_while_a_checkpoint_is_written_resumes_from_the_previous_one(tmp
 
 
 def test_staged_dir_replaces_whole_or_leaves_the_old_one(tmp_path):
-    from rtune_ds.checkpoint import staged_dir
-    from rtune_ds.config import RunError
+    from rtune_ds.errors import RunError
+    from rtune_ds.io import staged_dir
 
     out = tmp_path / "final"
     out.mkdir()

@@ -1,11 +1,14 @@
 import json
 
 import pytest
-
 from conftest import FIXTURES, tiny_config, write_config
-from rtune_ds.config import ConfigError, load_run_config, resolve_batch
-from rtune_ds.ds_config import (CPU_REDUCE_BUCKET_SIZE, STOCK_DIR, read_ds_config,
-                                reduce_bucket_size, resolve_ds_config)
+
+from rtune_ds.config.checks import resolve_batch
+from rtune_ds.config.ds_config import (CPU_REDUCE_BUCKET_SIZE, read_ds_config, reduce_bucket_size,
+                                       resolve_ds_config)
+from rtune_ds.config.load import load_run_config
+from rtune_ds.errors import ConfigError
+from rtune_ds.resources import DS_CONFIGS
 
 
 def load(tmp_path, cfg, overrides=()):
@@ -50,7 +53,7 @@ def resolve(cfg, ds, world=2, accum=2, lr=3e-3, where="ds.json"):
 
 def test_auto_values_are_filled_from_the_run_config(tmp_path):
     cfg = load(tmp_path, tiny_config(tmp_path / "r"))
-    ds, where = read_ds_config(str(STOCK_DIR / "zero3.json"))
+    ds, where = read_ds_config(str(DS_CONFIGS / "zero3.json"))
     out, precision = resolve(cfg, ds)
     assert out["train_micro_batch_size_per_gpu"] == 4 and out["gradient_accumulation_steps"] == 2
     assert out["train_batch_size"] == 16 and out["gradient_clipping"] == 1.0
@@ -107,7 +110,7 @@ def test_malformed_deepspeed_json_names_the_file(tmp_path):
 
 def test_stock_configs_all_resolve(tmp_path):
     cfg = load(tmp_path, tiny_config(tmp_path / "r"))
-    for path in sorted(STOCK_DIR.glob("*.json")):
+    for path in sorted(DS_CONFIGS.glob("*.json")):
         ds, where = read_ds_config(str(path))
         out, _ = resolve(cfg, ds, where=where)
         json.dumps(out)

@@ -2,9 +2,9 @@
 import json
 
 import pytest
+from conftest import FIXTURES, check, read_jsonl, rtune, tiny_config, write_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import FIXTURES, check, read_jsonl, rtune, tiny_config, write_config
 from rtune_ds.train.schedules import continual_pretraining_recipe
 
 pytestmark = pytest.mark.slow

@@ -4,11 +4,11 @@ import json
 import datasets
 import pytest
 import torch
-
 from conftest import FIXTURES
-from rtune_ds.config import ConfigError
+
 from rtune_ds.data.corpus import load_texts, packed_blocks, split_blocks
 from rtune_ds.data.tokenizer import tokenizer_hash, train_tokenizer
+from rtune_ds.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ cannot read the student's inputs or has other labels is refused before any outpu
 import json
 
 import pytest
-
 from conftest import check, derived_base, read_jsonl, recycle
 
 pytestmark = pytest.mark.slow
@@ -47,10 +46,10 @@ def test_distillation_trains_in_lockstep_with_a_frozen_offloaded_teacher(recycle
 
 def test_a_teacher_with_another_vocabulary_is_refused(recycle_env, cache_dir):
     root, bases, bundles, _ = recycle_env
+    from conftest import FIXTURES
     from transformers import AutoTokenizer
 
     from rtune_ds.data.tokenizer import train_tokenizer
-    from conftest import FIXTURES
 
     other = derived_base(cache_dir, "v1_othertok", lambda m: m)
     if AutoTokenizer.from_pretrained(str(other)).vocab_size == \

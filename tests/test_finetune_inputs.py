@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import FIXTURES, rtune, write_config
 from test_finetune_ranks import finetune_config, tiny_base
 

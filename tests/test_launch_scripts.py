@@ -3,7 +3,6 @@ import os
 import subprocess
 
 import pytest
-
 from conftest import REPO
 
 SCRIPTS = sorted((REPO / "launch_scripts").glob("*.sh")) + [REPO / "launch_scripts" / "slurm.sbatch"]

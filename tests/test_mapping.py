@@ -3,9 +3,9 @@ renamed modules, tied weights, strict refusal."""
 import pytest
 import torch
 
-from rtune_ds.config import ConfigError
-from rtune_ds.recycle.mapping import (ADD, ADD_ROWS, SET, Policy, apply_mapping, mapping_targets,
-                                      parse_name_map, peft_saved_name, plan_mapping)
+from rtune_ds.errors import ConfigError
+from rtune_ds.recycling.mapping import (ADD, ADD_ROWS, SET, Policy, apply_mapping, mapping_targets,
+                                        parse_name_map, peft_saved_name, plan_mapping)
 
 H = 8
 TARGET = {"embed.weight": (100, H), "layers.0.w": (H, H), "layers.1.w": (H, H),

@@ -6,9 +6,8 @@ import re
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import check, read_jsonl, rtune, tiny_config, train_losses, write_config
+from safetensors.torch import load_file
 
 
 def blowup_config(run_dir, **train):
@@ -17,7 +16,8 @@ def blowup_config(run_dir, **train):
 
 
 def test_the_policy_is_validated(tmp_path):
-    from rtune_ds.config import ConfigError, run_config_from
+    from rtune_ds.config.load import run_config_from
+    from rtune_ds.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"run\.yaml: key 'train\.nonfinite'.*'ignore'"):
         run_config_from(tiny_config(tmp_path / "run"), ["train.nonfinite=ignore"], "run.yaml",

@@ -6,11 +6,9 @@ import threading
 
 import pytest
 import torch
+from conftest import check, free_port, rtune, summary, tiny_config, train_losses, write_config
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from conftest import (check, free_port, rtune, summary, tiny_config, train_losses,
-                      write_config)
 
 pytestmark = pytest.mark.slow
 STAGES = ["zero0", "zero1", "zero2", "zero3", "zero3_offload"]

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer
-
 from conftest import FIXTURES, check, derived_base, recycle, rtune
+from transformers import AutoTokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -133,8 +132,8 @@ def test_a_plain_peft_adapter_is_recycled_like_peft_itself_would_apply_it(env):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
+    from rtune_ds.config.schema import TaskConfig
     from rtune_ds.data.examples import load_task
-    from rtune_ds.config import TaskConfig
     from rtune_ds.train.evaluate import evaluate_classification
 
     labels = sorted({json.loads(line)["label"]

@@ -10,10 +10,9 @@ import subprocess
 import time
 
 import pytest
+from conftest import (DEEPSPEED, REPO, base_env, check, free_port, rtune, tiny_config, train_losses,
+                      write_config)
 from safetensors.torch import load_file
-
-from conftest import (DEEPSPEED, REPO, base_env, check, free_port, rtune, tiny_config,
-                      train_losses, write_config)
 
 pytestmark = pytest.mark.slow
 STEPS = 16  # tiny_config's max_steps

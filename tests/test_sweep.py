@@ -2,7 +2,6 @@
 import json
 
 import pytest
-
 from conftest import check, rtune, tiny_config, write_config
 
 pytestmark = pytest.mark.slow

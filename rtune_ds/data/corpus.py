@@ -14,7 +14,7 @@ from pathlib import Path
 import datasets
 import torch
 
-from rtune_ds.config import ConfigError
+from rtune_ds.errors import ConfigError
 
 datasets.logging.set_verbosity_error()
 datasets.disable_progress_bars()

@@ -13,8 +13,9 @@ from pathlib import Path
 import datasets
 import torch
 
-from rtune_ds.config import ConfigError, TaskConfig
+from rtune_ds.config.schema import TaskConfig
 from rtune_ds.data.corpus import LOADERS, content_hash
+from rtune_ds.errors import ConfigError
 from rtune_ds.train.objectives import IGNORE
 
 TABLE_LOADERS = {**{k: v for k, v in LOADERS.items() if v != "text"}, ".csv": "csv"}

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
-from rtune_ds.config import ConfigError, DataConfig, Source
+from rtune_ds.config.schema import DataConfig, Source
 from rtune_ds.data.corpus import content_hash, packed_blocks, split_blocks
+from rtune_ds.errors import ConfigError
 
 
 @dataclass

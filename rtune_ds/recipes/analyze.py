@@ -27,23 +27,29 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import deepspeed
 import torch
 from tqdm import tqdm
 
-from rtune_ds import checkpoint, dist
-from rtune_ds.config import ConfigError, RunConfig, load_run_config, save_json
+from rtune_ds import dist
+from rtune_ds.analysis.connectivity import barrier, higher_is_better, interpolate, lambdas
+from rtune_ds.analysis.convergence import steps_to_target, threshold
+from rtune_ds.analysis.distance import parameter_distances
+from rtune_ds.analysis.similarity import LN2, attention_js
+from rtune_ds.artifacts.bundle import apply_bundle, read_bundle
+from rtune_ds.artifacts.lineage import fingerprint
+from rtune_ds.artifacts.run_dir import write_run_files
+from rtune_ds.config.load import load_run_config
+from rtune_ds.config.schema import RunConfig
 from rtune_ds.data.examples import load_task
 from rtune_ds.data.tokenizer import load_tokenizer, tokenizer_hash
-from rtune_ds.models import load_task_model, meta_task_model
-from rtune_ds.monitor import Monitor, read_metrics
-from rtune_ds.plots import pyplot, save_figure
-from rtune_ds.recipes import finetune
-from rtune_ds.recipes.pretrain import write_run_files
-from rtune_ds.recycle import analysis
-from rtune_ds.recycle.bundle import apply_bundle, read_bundle
-from rtune_ds.recycle.mapping import full_shapes, mapping_targets
+from rtune_ds.errors import ConfigError
+from rtune_ds.io import pyplot, save_figure, save_json
+from rtune_ds.jobs import tuning
+from rtune_ds.models.loader import load_task_model, meta_task_model
+from rtune_ds.models.zero import write_weights
+from rtune_ds.recycling.mapping import full_shapes, mapping_targets
 from rtune_ds.train.inference import frozen_engine
+from rtune_ds.train.monitor import Monitor, read_metrics
 
 CONTROL_ARGS = ("--control-a", "--control-base-a", "--control-b", "--control-base-b")
 
@@ -80,7 +86,7 @@ def open_side(bundle: str, base: str, arg: str, base_arg: str) -> Side:
     if not Path(base, "config.json").is_file():
         raise ConfigError(f"{base_arg} {base}: not a Hugging Face model directory (no config.json)")
     meta = read_bundle(bundle)
-    found, want = checkpoint.fingerprint(base), meta["base"]["fingerprint"]
+    found, want = fingerprint(base), meta["base"]["fingerprint"]
     if found != want:
         raise ConfigError(f"{base_arg} {base}: not the base the bundle {arg} {bundle} was tuned "
                           f"on (fingerprint {found}; the bundle's base: {want}, "
@@ -160,32 +166,19 @@ def adopt_task(cfg: RunConfig, where: str, pairs: list[Pair]) -> None:
     cfg.tuning.method = "full"  # plain task models are scored, whatever the bundles tuned
 
 
-def write_weights(targets: dict[str, torch.Tensor], value) -> None:
-    """Set every tensor of `targets` (a model under a DeepSpeed engine) to value(name), which only
-    rank 0 computes. A ZeRO-3 parameter is gathered on its own and re-partitioned from rank 0's
-    copy on exit; a tensor that is not partitioned (a ZeRO-0 replica, a buffer) is broadcast."""
-    broadcast = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
-    for name, tensor in targets.items():
-        with deepspeed.zero.GatheredParameters([tensor], modifier_rank=0), torch.no_grad():
-            if dist.is_main():
-                tensor.data.copy_(value(name))
-            if broadcast and not hasattr(tensor, "ds_id"):
-                torch.distributed.broadcast(tensor.data, src=0)
-
-
 def connectivity(cfg: RunConfig, where: str, pairs: list[Pair], points: int,
                  command: str) -> dict:
     """cfg: task keys, with model.path = main B's base. All ranks call this."""
     if points < 2:
         raise ConfigError(f"--points {points}: needs at least 2 (the two endpoints)")
-    lams = analysis.lambdas(points)
+    lams = lambdas(points)
     adopt_task(cfg, where, pairs)
-    p = finetune.plan(cfg, where, None)
+    p = tuning.plan(cfg, where, None)
     check_tokenizers(pairs, cfg.model.tokenizer or cfg.model.path)
     dist.init()
-    tokenizer, data = finetune.load_inputs(p)
-    run_dir = write_run_files(p)
-    evaluate = finetune.evaluator(p, data, tokenizer, "dev")
+    tokenizer, data = tuning.load_inputs(p)
+    run_dir = write_run_files(p.cfg, p.ds_config)
+    evaluate = tuning.evaluator(p, data, tokenizer, "dev")
     model, _ = load_task_model(cfg.model.path, cfg.task.type, data.label_names,
                                tokenizer.pad_token_id, p.ds_config, cfg.seed,
                                cfg.model.trust_remote_code)
@@ -203,8 +196,7 @@ def connectivity(cfg: RunConfig, where: str, pairs: list[Pair], points: int,
             ends = [mapping_targets(side.tuned_model(), peft=False)[0] for side in (pair.a, pair.b)]
         curve = []
         for i, lam in enumerate(lams):
-            write_weights(targets, lambda name: analysis.interpolate(ends[0][name], ends[1][name],
-                                                                     lam))
+            write_weights(targets, lambda name: interpolate(ends[0][name], ends[1][name], lam))
             metrics = {k.removeprefix("eval/"): v for k, v in evaluate(engine.module).items()}
             curve.append({"lambda": lam, **metrics})
             monitor.log(i, {f"connectivity/{pair.name}/dev/{k}": v for k, v in metrics.items()})
@@ -212,8 +204,8 @@ def connectivity(cfg: RunConfig, where: str, pairs: list[Pair], points: int,
         del ends
         result["pairs"][pair.name] = {
             "a": pair.a.describe(), "b": pair.b.describe(), "curve": curve,
-            "barrier": {k: analysis.barrier([c[k] for c in curve], lams,
-                                            analysis.higher_is_better(k))
+            "barrier": {k: barrier([c[k] for c in curve], lams,
+                                            higher_is_better(k))
                         for k in curve[0] if k != "lambda"}}
     monitor.close()
     if dist.is_main():
@@ -251,7 +243,7 @@ def similarity(cfg: RunConfig, where: str, pairs: list[Pair], max_examples: int,
     bar = tqdm(total=len(pairs) * len(batches), desc="similarity",
                disable=os.environ.get("RTUNE_NO_PROGRESS") == "1")
     result = {"command": command, "task": pairs[0].a.meta["task"], "examples": n,
-              "js_max": analysis.LN2, "pairs": {}}
+              "js_max": LN2, "pairs": {}}
     for pair in pairs:
         models = [eager(side.tuned_model(), side) for side in (pair.a, pair.b)]
         total = 0.0
@@ -261,7 +253,7 @@ def similarity(cfg: RunConfig, where: str, pairs: list[Pair], max_examples: int,
             with torch.no_grad():
                 attentions = [m(input_ids=batch["input_ids"], attention_mask=mask,
                                 output_attentions=True).attentions for m in models]
-            total = total + analysis.attention_js(*attentions, mask) * len(idx)
+            total = total + attention_js(*attentions, mask) * len(idx)
             bar.update(1)
         js = total / n
         result["pairs"][pair.name] = {
@@ -286,7 +278,7 @@ def distance(pairs: list[Pair], backbone_only: bool, out: str, command: str) -> 
         with torch.no_grad():
             result["pairs"][pair.name] = {"a": pair.a.describe(), "b": pair.b.describe(),
                                           "excluded": sorted(head),
-                                          **analysis.parameter_distances(a, b, head)}
+                                          **parameter_distances(a, b, head)}
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_json(result, out_dir / "distance.json")
@@ -313,7 +305,7 @@ def convergence(runs: list[str], metric: str, target: float, fraction: float, ou
                 command: str) -> dict | None:
     if not 0 < fraction <= 1:
         raise ConfigError(f"--fraction {fraction}: must be in (0, 1]")
-    rises = analysis.higher_is_better(metric)
+    rises = higher_is_better(metric)
     rows = []
     for run in runs:
         path = Path(run, "metrics.jsonl")
@@ -328,12 +320,12 @@ def convergence(runs: list[str], metric: str, target: float, fraction: float, ou
         wall = wall_times(Path(run, "tensorboard"), metric)
         records = [{**r, "wall_time": wall[r["step"]]} if metric in r and r["step"] in wall
                    else r for r in records]
-        hit = analysis.steps_to_target(records, metric, target, fraction)
+        hit = steps_to_target(records, metric, target, fraction)
         rows.append({"run": str(Path(run).resolve()), "reached": hit is not None,
                      **(hit or dict.fromkeys(("step", "value", "tokens", "wall_time_s"))),
                      "best": max(values) if rises else min(values), "final": values[-1]})
     result = {"command": command, "metric": metric, "target": target, "fraction": fraction,
-              "threshold": analysis.threshold(metric, target, fraction), "runs": rows}
+              "threshold": threshold(metric, target, fraction), "runs": rows}
     if dist.is_main():
         out_dir = Path(out)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -380,7 +372,7 @@ def plot_connectivity(result: dict, path: Path) -> None:
 def plot_similarity(result: dict, path: Path) -> None:
     plt = pyplot()
     pairs = result["pairs"]
-    top = max(max(max(row) for row in pair["js"]) for pair in pairs.values()) or analysis.LN2
+    top = max(max(max(row) for row in pair["js"]) for pair in pairs.values()) or LN2
     fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4.2), squeeze=False)
     for ax, (name, pair) in zip(axes[0], pairs.items()):
         image = ax.imshow(pair["js"], vmin=0.0, vmax=top, cmap="viridis", aspect="auto")
@@ -394,3 +386,4 @@ def plot_similarity(result: dict, path: Path) -> None:
     fig.suptitle(f"Attention-head divergence between the tuned models\n({result['examples']} "
                  "dev examples)", fontsize=10)
     save_figure(fig, path)
+

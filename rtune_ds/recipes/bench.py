@@ -23,10 +23,11 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from rtune_ds import dist
-from rtune_ds.config import ConfigError, RunConfig
+from rtune_ds.config.ds_config import read_ds_config
+from rtune_ds.config.schema import RunConfig
 from rtune_ds.data.blend import Blend
-from rtune_ds.ds_config import read_ds_config
-from rtune_ds.recipes.pretrain import build_model, load_inputs, plan
+from rtune_ds.errors import ConfigError
+from rtune_ds.jobs.pretraining import build_model, load_inputs, plan
 from rtune_ds.train import engine
 from rtune_ds.train.objectives import lm_loss, make_objective
 

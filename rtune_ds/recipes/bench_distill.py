@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rtune_ds.config import ConfigError, load_run_config, save_json
-from rtune_ds.recipes.launch import launcher_command, run_launch
-from rtune_ds.recycle.bundle import open_old_weights
+from rtune_ds.artifacts.bundle import open_old_weights
+from rtune_ds.config.load import load_run_config
+from rtune_ds.errors import ConfigError
+from rtune_ds.io import save_json
+from rtune_ds.launch import launcher_command, run_launch
 
 TARGET = 1.45
 

@@ -23,12 +23,14 @@ from pathlib import Path
 import torch
 
 from rtune_ds import dist
-from rtune_ds.config import ConfigError, save_json
-from rtune_ds.models import (PRESETS, build_preset, count_parameters, load_task_model,
-                             meta_task_model)
-from rtune_ds.recycle.bundle import open_old_weights, save_bundle
-from rtune_ds.recycle.mapping import (Policy, apply_mapping, full_shapes, mapping_targets,
-                                      plan_mapping)
+from rtune_ds.artifacts.bundle import open_old_weights, save_bundle
+from rtune_ds.config.schema import PRESETS
+from rtune_ds.errors import ConfigError
+from rtune_ds.io import save_json
+from rtune_ds.models.loader import count_parameters, load_task_model, meta_task_model
+from rtune_ds.models.presets import build_preset
+from rtune_ds.recycling.mapping import (Policy, apply_mapping, full_shapes, mapping_targets,
+                                        plan_mapping)
 from rtune_ds.train.inference import frozen_engine
 
 LABELS = ["negative", "positive"]

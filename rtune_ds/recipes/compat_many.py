@@ -13,12 +13,13 @@ import json
 from pathlib import Path
 
 from rtune_ds import dist
-from rtune_ds.config import (ConfigError, RunConfig, read_mapping, run_config_from, save_json,
-                             save_text)
-from rtune_ds.monitor import Monitor
-from rtune_ds.plots import pyplot, save_figure
-from rtune_ds.recipes import recycle
-from rtune_ds.recycle.mapping import Policy
+from rtune_ds.config.load import read_mapping, run_config_from
+from rtune_ds.config.schema import RunConfig
+from rtune_ds.errors import ConfigError
+from rtune_ds.io import pyplot, save_figure, save_json, save_text
+from rtune_ds.jobs import recycling
+from rtune_ds.recycling.mapping import Policy
+from rtune_ds.train.monitor import Monitor
 
 SURVIVES = 0.9  # keeps at least this fraction of its score on the old base: no tuning needed
 
@@ -51,6 +52,14 @@ def job_config(bundle: Path, config: str | None, overrides: list[str], run_dir: 
     return run_config_from(data, overrides, where, "finetune"), where
 
 
+def compat_job(cfg: RunConfig, where: str, bundle: str, policy: Policy,
+               force_same_base: bool) -> dict:
+    """`rtune recycle --method compat` for one bundle: mapped onto the base and scored."""
+    r = recycling.prepare(cfg, where, None, bundle, "compat", policy, force_same_base)
+    tokenizer, data, run_dir, model, _ = recycling.start(r)
+    return recycling.compat(r, model, tokenizer, data, run_dir)
+
+
 def _score(metrics: dict, task_type: str) -> float | None:
     """The headline number: dev accuracy for classifiers, dev loss for language tasks."""
     key = "accuracy" if task_type == "classification" else "loss"
@@ -70,8 +79,7 @@ def recycle_all(bundles: str, base: str, config: str | None, overrides: list[str
         row = {"bundle": bundle.name, "path": str(bundle.resolve())}
         try:
             cfg, where = job_config(bundle, config, overrides, out_dir / bundle.name, base)
-            result = recycle.run(cfg, where, None, command, str(bundle), "compat", policy,
-                                 force_same_base)
+            result = compat_job(cfg, where, str(bundle), policy, force_same_base)
         except ConfigError as err:
             rows.append({**row, "status": "refused", "reason": str(err)})
             continue
@@ -90,7 +98,8 @@ def recycle_all(bundles: str, base: str, config: str | None, overrides: list[str
     rows.sort(key=lambda r: (r["status"] == "refused", -(r.get("kept") or 0.0)))
     if dist.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_json({"base": str(Path(base).resolve()), "survives_at": SURVIVES, "bundles": rows},
+        save_json({"command": command, "base": str(Path(base).resolve()), "survives_at": SURVIVES,
+             "bundles": rows},
                   out_dir / "recycle_all.json")
         save_text(markdown_table(rows, base), out_dir / "recycle_all.md")
         print(markdown_table(rows, base))
@@ -123,8 +132,7 @@ def compat_curve(bundle: str, bases: list[str], config: str | None, overrides: l
     for i, base in enumerate(bases):
         cfg, where = job_config(Path(bundle), config, overrides,
                                 out_dir / f"{i:02d}_{base_label(base).replace('/', '_')}", base)
-        result = recycle.run(cfg, where, None, command, bundle, "compat", policy,
-                             force_same_base=True)
+        result = compat_job(cfg, where, bundle, policy, force_same_base=True)
         points.append({"index": i, "base": str(Path(base).resolve()),
                        "dev": result["dev"], "test": result.get("test")})
     if dist.is_main():

@@ -23,7 +23,7 @@ OUT continues where it stopped:
    files (summary.json, compat.json, metrics.jsonl, connectivity.json, similarity.json).
 
 The budget (model preset, steps, lengths, sample sizes, seeds) of `--quick` and of the full demo
-is data: launch_scripts/configs/demo.yaml.
+is data: rtune_ds/resources/demo.yaml.
 """
 from __future__ import annotations
 
@@ -38,12 +38,12 @@ from pathlib import Path
 
 import yaml
 
-from rtune_ds.config import ConfigError, RunError, save_json, save_text
-from rtune_ds.plots import pyplot, save_figure
-from rtune_ds.recipes.launch import launcher_command, run_launch
-from rtune_ds.recycle import analysis
+from rtune_ds.analysis.convergence import steps_to_target
+from rtune_ds.errors import ConfigError, RunError
+from rtune_ds.io import pyplot, save_figure, save_json, save_text
+from rtune_ds.launch import launcher_command, run_launch
+from rtune_ds.resources import DEMO_BUDGETS
 
-BUDGETS = Path(__file__).resolve().parents[2] / "launch_scripts" / "configs" / "demo.yaml"
 CORPORA = ("general.jsonl", "computing.jsonl")
 TASKS = {"supersense": "general", "foldoc_category": "computing"}  # task -> its domain
 SPLITS = ("train", "dev", "test")
@@ -66,7 +66,7 @@ class Job:
     info: dict = field(default_factory=dict)  # what the report needs to know about the run
 
 
-def load_budget(quick: bool, seeds: int | None, path: Path = BUDGETS) -> dict:
+def load_budget(quick: bool, seeds: int | None, path: Path = DEMO_BUDGETS) -> dict:
     budgets = yaml.safe_load(path.read_text())
     b = dict(budgets["quick" if quick else "full"])
     b["profile"] = "quick" if quick else "full"
@@ -266,7 +266,7 @@ def dev_curve(run: Path) -> list[tuple[int, float]]:
 
 
 def to_target(run: Path, vanilla_best: float) -> dict | None:
-    hit = analysis.steps_to_target(read_metrics(run), METRIC, vanilla_best, FRACTION)
+    hit = steps_to_target(read_metrics(run), METRIC, vanilla_best, FRACTION)
     return None if hit is None else {"step": hit["step"], "value": hit["value"],
                                      "tokens": hit["tokens"]}
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rtune_ds.config import ConfigError
 from rtune_ds.data.prepare import PrepareError, default_cache_dir, prepare_corpora
 from rtune_ds.data.tasks import build_tasks
+from rtune_ds.errors import ConfigError
 
 
 def run(args) -> None:

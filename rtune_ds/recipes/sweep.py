@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rtune_ds.config import ConfigError, load_run_config
-from rtune_ds.recipes.launch import launcher_command, run_launch
+from rtune_ds.config.load import load_run_config
+from rtune_ds.errors import ConfigError
+from rtune_ds.launch import launcher_command, run_launch
 
 LOSS_TOLERANCE = 1e-3  # absolute, on the final eval loss: ZeRO stages only reorder reductions
 

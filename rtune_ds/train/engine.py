@@ -3,10 +3,9 @@ differs only by the model, the data source, the loss and the initial state it is
 from __future__ import annotations
 
 import math
-import signal
 import statistics
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -15,9 +14,11 @@ import deepspeed
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from rtune_ds import checkpoint, dist
-from rtune_ds.config import ConfigError, RunError
-from rtune_ds.monitor import Monitor
+from rtune_ds import dist
+from rtune_ds.artifacts import checkpoint
+from rtune_ds.errors import ConfigError, RunError
+from rtune_ds.train.guards import BestState, StopRequest, finite_grads, update_left_out
+from rtune_ds.train.monitor import Monitor
 from rtune_ds.train.schedules import Schedule
 
 
@@ -66,102 +67,6 @@ class TrainResult:
     @property
     def median_step_time(self) -> float:
         return statistics.median(self.step_times) if self.step_times else float("nan")
-
-
-def _local(param: torch.Tensor) -> torch.Tensor:
-    """This rank's copy of a parameter: its ZeRO-3 partition, or the full tensor."""
-    return param.ds_tensor if hasattr(param, "ds_tensor") else param.data
-
-
-class BestState:
-    """The trainable weights at the best eval so far, as this rank holds them (a ZeRO-3 partition,
-    plus the full tensor of parameters ZeRO-3 keeps gathered), in CPU memory and in checkpoints."""
-
-    def __init__(self, metric: str, mode: str):
-        self.metric, self.mode = metric, mode
-        self.step: int | None = None
-        self.eval: dict[str, float] = {}
-        self.tensors: dict[str, torch.Tensor] = {}
-        self.world_size: int | None = None
-        self.partitioned = False  # ZeRO-3 partitions: valid only at the same world size
-
-    def offer(self, module: torch.nn.Module, step: int, scores: dict[str, float]) -> None:
-        if self.metric not in scores:
-            raise ConfigError(f"best metric '{self.metric}' is not among the eval metrics "
-                              f"({', '.join(sorted(scores))})")
-        value, best = scores[self.metric], self.eval.get(self.metric)
-        if best is not None and not (value > best if self.mode == "max" else value < best):
-            return
-        self.step, self.eval = step, dict(scores)
-        self.tensors = {}
-        self.world_size = dist.world_size()
-        self.partitioned = any(hasattr(p, "ds_tensor") for p in module.parameters())
-        for name, p in module.named_parameters():
-            if p.requires_grad:
-                self.tensors[name] = _local(p).detach().cpu().clone()
-                if getattr(p, "ds_persist", False):
-                    self.tensors[name + "#full"] = p.data.detach().cpu().clone()
-
-    def restore(self, module: torch.nn.Module) -> None:
-        with torch.no_grad():
-            for name, p in module.named_parameters():
-                if name in self.tensors:
-                    _local(p).copy_(self.tensors[name])
-                    if name + "#full" in self.tensors:
-                        p.data.copy_(self.tensors[name + "#full"])
-
-    def state_dict(self) -> dict:
-        return {"step": self.step, "eval": self.eval, "tensors": self.tensors,
-                "world_size": self.world_size, "partitioned": self.partitioned}
-
-    def load_state_dict(self, state: dict | None) -> None:
-        if not state:
-            return
-        if state.get("partitioned") and state.get("world_size") != dist.world_size():
-            raise ConfigError(f"the best-dev weights in this checkpoint are ZeRO-3 partitions of "
-                              f"{state.get('world_size')} ranks; resume it on that many ranks")
-        self.step, self.eval, self.tensors = state["step"], state["eval"], state["tensors"]
-        self.world_size, self.partitioned = state.get("world_size"), state.get("partitioned")
-
-
-class StopRequest:
-    """SIGTERM / SIGINT (what SLURM sends before preemption) ask the loop to checkpoint and end.
-    Ranks agree on the step through the loop's per-step all-reduce, because saving is collective."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.requested = False
-        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-
-    def release(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
-@contextmanager
-def update_left_out(engine):
-    """engine.step() without the optimizer's update: DeepSpeed still clears the gradients and
-    advances its micro/global step counters and the LR schedule. DeepSpeed has no public call for
-    this outside fp16 loss scaling, but every ZeRO stage (and its bf16 path) updates through the
-    torch optimizer it was given, so leaving out that optimizer's step() skips the update at any
-    stage, offloaded or not, and leaves the optimizer state untouched."""
-    optimizer = engine.basic_optimizer
-    optimizer.step = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        del optimizer.step
-
-
-def finite_grads(module: torch.nn.Module) -> bool:
-    """Whether every gradient held in `module` is finite (under ZeRO stage 0, after the boundary's
-    all-reduce: the same on every rank)."""
-    norms = [torch.linalg.vector_norm(p.grad) for p in module.parameters() if p.grad is not None]
-    return bool(torch.stack(norms).isfinite().all()) if norms else True
 
 
 def train(model: torch.nn.Module, spec: LoopSpec, source: BatchSource,
@@ -292,3 +197,4 @@ def train(model: torch.nn.Module, spec: LoopSpec, source: BatchSource,
         best.restore(engine.module)  # the optimizer is not rolled back: training has ended
         result.best_eval, result.best_step = best.eval, best.step
     return result
+

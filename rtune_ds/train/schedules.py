@@ -6,10 +6,16 @@ switches when the LR first reaches 1/5 of its start.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
+
+from rtune_ds.config.schema import RunConfig
+from rtune_ds.errors import ConfigError
 
 RECIPE_FLOOR = 0.01  # decay to 1% of the starting LR
+
 RECIPE_SWITCH_FRACTION = 0.2  # switch the blend at lr = eta_max / 5
 
 
@@ -51,3 +57,28 @@ def continual_pretraining_recipe(parent_min_lr: float, total_steps: int) -> Sche
 
 def constant(lr: float, total_steps: int) -> Schedule:
     return Schedule(lr, lr, 0, total_steps, kind="constant")
+
+
+def parent_min_lr(model_path: str, where: str) -> float:
+    lineage = Path(model_path, "lineage.json")
+    if lineage.is_file():
+        min_lr = json.loads(lineage.read_text()).get("schedule", {}).get("min_lr")
+        if min_lr:
+            return float(min_lr)
+    raise ConfigError(f"{where}: key 'train.lr': schedule 'recipe' starts at the parent's minimum "
+                      f"LR, but {lineage} does not record one; give train.lr")
+
+
+
+def make_schedule(cfg: RunConfig, where: str) -> Schedule:
+    t = cfg.train
+    if t.schedule == "recipe":
+        if t.lr is None and cfg.model.path is None:
+            raise ConfigError(f"{where}: key 'train.lr': schedule 'recipe' needs a parent model "
+                              "(model.path) or an explicit train.lr")
+        start = t.lr if t.lr is not None else parent_min_lr(cfg.model.path, where)
+        return continual_pretraining_recipe(start, t.max_steps)
+    if t.schedule == "constant":
+        return constant(t.lr, t.max_steps)
+    return cosine_with_floor(t.lr, t.min_lr_ratio, t.warmup_steps, t.max_steps)
+

@@ -20,33 +20,26 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import deepspeed
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from rtune_ds import checkpoint, dist
-from rtune_ds.config import ConfigError, save_json
-from rtune_ds.models import task_auto_class, task_model_kwargs
-from rtune_ds.recycle.mapping import (Policy, apply_mapping, full_shapes, mapping_targets,
-                                      plan_mapping)
+from rtune_ds import dist
+from rtune_ds.artifacts.lineage import code_version, fingerprint
+from rtune_ds.errors import ConfigError
+from rtune_ds.io import save_json, staged_dir
+from rtune_ds.models.loader import task_auto_class, task_model_kwargs
+from rtune_ds.models.zero import gather_trainable, gathered_state_dict, settle_partitions
+from rtune_ds.recycling.mapping import (Policy, apply_mapping, full_shapes, mapping_targets,
+                                        plan_mapping)
 
 FORMAT = "rtune-bundle/1"
+
+
 PEFT_PREFIX = "base_model.model."
+
+
 SAVED_HEAD = ".modules_to_save.default"
-
-
-def gather_trainable(module: torch.nn.Module) -> dict[str, torch.Tensor] | None:
-    """Full copies of the trainable parameters on rank 0 (None elsewhere); all ranks call it.
-    Each ZeRO-3 parameter is gathered on its own, so peak memory is one full tensor."""
-    out = {}
-    for name, param in module.named_parameters():
-        if not param.requires_grad:
-            continue
-        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-            if dist.is_main():
-                out[name] = param.detach().cpu().clone().contiguous()
-    return out if dist.is_main() else None
 
 
 def _check_full(tensors: dict[str, torch.Tensor]) -> None:
@@ -78,9 +71,9 @@ def save_bundle(engine, out_dir: Path, *, method: str, task_type: str, base_dir:
     module = engine.module
     kind = "delta" if method == "full" else "peft"
     if kind == "delta":
-        tuned = checkpoint.gathered_state_dict(engine)  # every tensor, gathered
+        tuned = gathered_state_dict(engine)  # every tensor, gathered
     else:
-        checkpoint.settle_partitions(engine)
+        settle_partitions(engine)
         tuned = gather_trainable(module)  # adapter + head only
     if not dist.is_main():
         dist.barrier()
@@ -93,9 +86,9 @@ def save_bundle(engine, out_dir: Path, *, method: str, task_type: str, base_dir:
         head = {k: tuned[k] for k in head_names}
     else:
         head = peft_head(tuned)
-    base_meta = {"path": str(Path(base_dir).resolve()), "fingerprint": checkpoint.fingerprint(base_dir),
+    base_meta = {"path": str(Path(base_dir).resolve()), "fingerprint": fingerprint(base_dir),
                  "model_type": json.loads(Path(base_dir, "config.json").read_text()).get("model_type")}
-    with checkpoint.staged_dir(out_dir) as tmp:
+    with staged_dir(out_dir) as tmp:
         files = {}
         if kind == "delta":
             save_file(delta, str(tmp / "delta.safetensors"), metadata={"format": "pt"})
@@ -227,7 +220,7 @@ def apply_bundle(bundle_dir: str | Path, base_dir: str | Path, merge: bool = Tru
     meta = read_bundle(bundle_dir)
     bundle_dir = Path(bundle_dir)
     if check_fingerprint:
-        found = checkpoint.fingerprint(base_dir)
+        found = fingerprint(base_dir)
         if found != meta["base"]["fingerprint"]:
             raise ConfigError(f"--base {base_dir}: fingerprint {found} is not the one the bundle "
                               f"was tuned on ({meta['base']['fingerprint']}, {meta['base']['path']})")
@@ -280,14 +273,15 @@ def export_merged(bundle_dir: str | Path, base_dir: str | Path, out_dir: str | P
         raise ConfigError(f"--base {base_dir}: not a Hugging Face model directory (no config.json)")
     model = apply_bundle(bundle_dir, base_dir, merge=True, check_fingerprint=check_fingerprint)
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
-    parent = {"path": str(Path(base_dir).resolve()), "fingerprint": checkpoint.fingerprint(base_dir)}
+    parent = {"path": str(Path(base_dir).resolve()), "fingerprint": fingerprint(base_dir)}
     out_dir = Path(out_dir)
-    with checkpoint.staged_dir(out_dir) as tmp:
+    with staged_dir(out_dir) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         save_json({"command": command, "kind": "merged", "bundle": {
             "path": str(Path(bundle_dir).resolve()), "kind": meta["kind"], "method": meta["method"]},
             "parent": parent, "task": meta["task"], "metrics": meta["metrics"],
-            "code_version": checkpoint.code_version(),
-            "fingerprint": checkpoint.fingerprint(tmp)}, tmp / "lineage.json")
+            "code_version": code_version(),
+            "fingerprint": fingerprint(tmp)}, tmp / "lineage.json")
     return out_dir
+

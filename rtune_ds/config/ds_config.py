@@ -11,13 +11,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rtune_ds.config import ConfigError, RunConfig
-
-STOCK_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
+from rtune_ds.config.schema import RunConfig
+from rtune_ds.errors import ConfigError
+from rtune_ds.resources import DS_CONFIGS
 
 
 def read_ds_config(path: str | None) -> tuple[dict, str]:
-    path = Path(path) if path else STOCK_DIR / "zero0.json"
+    path = Path(path) if path else DS_CONFIGS / "zero0.json"
     if not path.is_file():
         raise ConfigError(f"{path}: DeepSpeed JSON not found")
     try:
@@ -132,3 +132,4 @@ def resolve_ds_config(ds_in: dict, where: str, cfg: RunConfig, world_size: int, 
     if left:
         raise ConfigError(f"{where}: '{left}' is \"auto\" but the RunConfig has no value for it")
     return ds, precision
+

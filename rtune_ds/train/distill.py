@@ -1,48 +1,11 @@
-"""The frozen teacher of distillation, and the distillation objective the one loop runs.
-
-The teacher is the old model: the old base with the old bundle applied, frozen (eval(), no
-gradients, forwards under no_grad, its outputs dropped right after the loss). It has its own
-DeepSpeed config (stock: ds_configs/teacher_offload.json, ZeRO-3 inference with its parameters
-offloaded to CPU), independent of the student's, so offloading the teacher never changes how the
-student is sharded. Every rank runs one teacher forward, then one student forward, per micro-batch:
-ZeRO-3 gathers parameters collectively, so the sequence of forwards must match across ranks.
-"""
+"""The distillation objective the one loop runs, given a frozen teacher engine."""
 from __future__ import annotations
 
 import torch
 
 from rtune_ds import dist
-from rtune_ds.config import DistillConfig, RunConfig
-from rtune_ds.ds_config import STOCK_DIR, read_ds_config, resolve_ds_config
-from rtune_ds.models import load_task_model
-from rtune_ds.recycle.bundle import OldWeights
-from rtune_ds.recycle.mapping import (Policy, apply_mapping, full_shapes, mapping_targets,
-                                      plan_mapping)
-from rtune_ds.train.inference import frozen_engine, inference_config
+from rtune_ds.config.schema import DistillConfig
 from rtune_ds.train.objectives import IGNORE, hidden_mse, kd_kl, kd_total
-
-
-def teacher_ds_config(cfg: RunConfig, world: int, grad_accum: int, peak_lr: float,
-                      hidden_size: int) -> dict:
-    """The teacher's DeepSpeed JSON, its "auto" values filled from the run as the student's are."""
-    path = cfg.distill.teacher_deepspeed or str(STOCK_DIR / "teacher_offload.json")
-    ds_in, where = read_ds_config(path)
-    ds, _ = resolve_ds_config(ds_in, where, cfg, world, grad_accum, peak_lr, hidden_size)
-    return inference_config(ds)
-
-
-def build_teacher(old: OldWeights, old_base: str, label_names: list[str] | None,
-                  pad_token_id: int | None, ds_config: dict, seed: int):
-    """The old model under its own frozen DeepSpeed engine (ZeRO-3: each rank loads its shard)."""
-    model, _ = load_task_model(old_base, old.task_type, label_names, pad_token_id, ds_config, seed)
-    if old.kind == "peft":
-        from peft import get_peft_model
-
-        model = get_peft_model(model, old.peft_config())
-    tensors, aliases = mapping_targets(model, peft=old.kind == "peft")
-    mapping = plan_mapping(old.sources, full_shapes(tensors), Policy(), str(old.path), aliases)
-    apply_mapping(tensors, mapping, old.read)
-    return frozen_engine(model, ds_config)
 
 
 class Distiller:
@@ -90,3 +53,4 @@ class Distiller:
         if self.hidden_layers:
             out["kd/hidden"] = sums[2].item() / n
         return out
+

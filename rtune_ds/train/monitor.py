@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rtune_ds import dist
-from rtune_ds.config import save_text
+from rtune_ds.io import save_text
 
 
 class Monitor:
@@ -62,3 +62,4 @@ def _truncate_after(path: Path, step: int) -> None:
 
 def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+

@@ -26,7 +26,7 @@ import deepspeed
 import torch
 
 from rtune_ds import dist
-from rtune_ds.config import ConfigError
+from rtune_ds.errors import ConfigError
 
 ADD, ADD_ROWS, SET = "add", "add_rows", "set"
 
@@ -176,3 +176,4 @@ def apply_mapping(tensors: dict[str, torch.Tensor], mapping: Mapping,
                 param.data.copy_(updated)
             else:  # a new tensor: writing into a lazily mmapped checkpoint would copy it page by page
                 param.data = updated.contiguous()
+

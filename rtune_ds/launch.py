@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 
-from rtune_ds.config import ConfigError
+from rtune_ds.errors import ConfigError
 
 
 def _free_port() -> int:
@@ -29,3 +29,4 @@ def run_launch(cmd: list[str], what: str) -> None:
     proc = subprocess.run(cmd, env=env)
     if proc.returncode != 0:
         raise ConfigError(f"{what}: the launch failed with exit code {proc.returncode}")
+

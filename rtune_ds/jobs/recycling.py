@@ -1,0 +1,240 @@
+"""The stages of recycling a bundle onto a new base: read and adopt the bundle, plan the mapping
+before any compute, build the mapped model, the teacher for distillation, the compat score."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from rtune_ds import dist
+from rtune_ds.artifacts.bundle import OldWeights, open_old_weights
+from rtune_ds.artifacts.lineage import fingerprint
+from rtune_ds.artifacts.run_dir import write_run_files
+from rtune_ds.config.schema import RunConfig
+from rtune_ds.data.examples import load_table
+from rtune_ds.data.tokenizer import load_tokenizer, tokenizer_hash
+from rtune_ds.errors import ConfigError
+from rtune_ds.io import save_json
+from rtune_ds.jobs import tuning
+from rtune_ds.models.hf_config import hidden_size_of, read_hf_config
+from rtune_ds.models.loader import load_task_model, meta_task_model
+from rtune_ds.models.zero import weights_digest
+from rtune_ds.recycling.mapping import (Mapping, Policy, apply_mapping, full_shapes,
+                                        mapping_targets, plan_mapping)
+from rtune_ds.recycling.teacher import build_teacher, teacher_ds_config
+from rtune_ds.train.distill import Distiller
+from rtune_ds.train.inference import frozen_engine
+from rtune_ds.train.monitor import Monitor
+
+METHODS = ("compat", "init", "distill", "init+distill")
+
+
+@dataclass
+class Teacher:
+    base: str  # the old base directory
+    hidden_layers: list[int]  # hidden_states indices paired for the hidden-state term
+
+
+@dataclass
+class Recycling:
+    method: str
+    old: OldWeights
+    mapping: Mapping | None  # None for distill (the student does not start from the bundle)
+    plan: tuning.Plan
+    teacher: Teacher | None = None
+
+
+def task_labels(cfg: RunConfig, where: str) -> list[str] | None:
+    """The label names of the run's task data (task.labels, else the sorted train labels)."""
+    k = cfg.task
+    if k.type != "classification":
+        return None
+    if k.labels:
+        return list(k.labels)
+    table = load_table(k.train, "task.train", where)
+    if k.label_field not in table.column_names:
+        raise ConfigError(f"{where}: key 'task.label_field': no column '{k.label_field}' in "
+                          f"{k.train}")
+    return sorted({str(v) for v in table[k.label_field]})
+
+
+def adopt_bundle(cfg: RunConfig, old: OldWeights, where: str) -> None:
+    """The run tunes what the bundle tuned: its task type, labels and method (with its adapter's
+    target modules, recorded in the new bundle)."""
+    if cfg.task.type != old.task_type:
+        raise ConfigError(f"{where}: key 'task.type': '{cfg.task.type}', but the bundle "
+                          f"{old.path} was tuned for '{old.task_type}'")
+    if old.labels is not None:
+        if cfg.task.labels is not None and list(cfg.task.labels) != list(old.labels):
+            raise ConfigError(f"{where}: key 'task.labels': {cfg.task.labels} differ from the "
+                              f"bundle's labels {old.labels} (names and order)")
+        cfg.task.labels = list(old.labels)
+    cfg.tuning.method = old.method
+    if old.kind == "peft":
+        adapter = json.loads((old.adapter_dir / "adapter_config.json").read_text())
+        settings = getattr(cfg.tuning, old.method)
+        if isinstance(adapter.get("target_modules"), list):
+            settings.target_modules = sorted(adapter["target_modules"])
+        if old.method == "lora":
+            settings.r, settings.alpha = adapter["r"], float(adapter["lora_alpha"])
+            settings.dropout = float(adapter.get("lora_dropout", 0.0))
+        elif isinstance(adapter.get("feedforward_modules"), list):
+            settings.feedforward_modules = sorted(adapter["feedforward_modules"])
+
+
+def check_new_base(old: OldWeights, base: str, force: bool, where: str) -> None:
+    same = (fingerprint(base) == old.base.get("fingerprint")
+            or (old.base.get("path") is not None
+                and Path(old.base["path"]).resolve() == Path(base).resolve()))
+    if same and not force:
+        raise ConfigError(f"{where}: key 'model.path': {base} is the base the bundle {old.path} "
+                          "was tuned on; recycling needs another version (--force-same-base to "
+                          "do it anyway)")
+
+
+def check_teacher(cfg: RunConfig, old: OldWeights, old_base: str | None, where: str) -> Teacher:
+    """The teacher is the old base + the bundle: the base must be the one the bundle was tuned on,
+    read the student's token ids, and (for the hidden-state term) have layers to pair."""
+    old_base = old_base or old.base.get("path")
+    if not old_base or not Path(old_base, "config.json").is_file():
+        raise ConfigError(f"{where}: --old-base: distillation needs the base the bundle was tuned "
+                          f"on as the teacher's; {old_base!r} is not a model directory")
+    want = old.base.get("fingerprint")
+    if want and fingerprint(old_base) != want:
+        raise ConfigError(f"{where}: --old-base {old_base}: not the base the bundle was tuned on "
+                          f"(fingerprint {fingerprint(old_base)}, bundle: {want})")
+    teacher_tok = tokenizer_hash(load_tokenizer(old_base))
+    student_tok = tokenizer_hash(load_tokenizer(cfg.model.tokenizer or cfg.model.path))
+    if teacher_tok != student_tok:
+        raise ConfigError(f"{where}: --old-base {old_base}: the teacher's tokenizer (vocabulary) "
+                          f"differs from the student's ({cfg.model.tokenizer or cfg.model.path}); "
+                          "the teacher could not read the student's token ids")
+    old_cfg, new_cfg = read_hf_config(old_base), read_hf_config(cfg.model.path)
+    if old.task_type == "lm" and old_cfg.get("vocab_size") != new_cfg.get("vocab_size"):
+        raise ConfigError(f"{where}: --old-base {old_base}: the teacher predicts "
+                          f"{old_cfg.get('vocab_size')} tokens, the student "
+                          f"{new_cfg.get('vocab_size')}: their distributions cannot be compared")
+    depths = (old_cfg.get("num_hidden_layers"), new_cfg.get("num_hidden_layers"))
+    layers = cfg.distill.hidden_layers
+    if cfg.distill.beta > 0 and layers is None:
+        if depths[0] != depths[1]:
+            raise ConfigError(f"{where}: key 'distill.hidden_layers': teacher and student have "
+                              f"{depths[0]} and {depths[1]} layers; name the hidden_states "
+                              "indices to pair")
+        layers = list(range(1, depths[0] + 1))
+    if cfg.distill.beta > 0 and max(layers) > min(depths):
+        raise ConfigError(f"{where}: key 'distill.hidden_layers': index {max(layers)} is past "
+                          f"the last layer ({min(depths)})")
+    return Teacher(old_base, layers or [])
+
+
+def prepare(cfg: RunConfig, where: str, resume: str | None, bundle: str, method: str,
+            policy: Policy, force_same_base: bool, old_base: str | None = None) -> Recycling:
+    """Step 1: everything that needs no compute."""
+    if method not in METHODS:
+        raise ConfigError(f"{where}: --method '{method}': one of {', '.join(METHODS)}")
+    old = open_old_weights(bundle, task_labels(cfg, where), where)
+    adopt_bundle(cfg, old, where)
+    p = tuning.plan(cfg, where, resume)
+    check_new_base(old, cfg.model.path, force_same_base, where)
+    mapping = None
+    if method != "distill":  # distill's student starts fresh; only its teacher holds the bundle
+        meta = meta_task_model(cfg.model.path, old.task_type, old.labels,
+                               old.peft_config() if old.kind == "peft" else None)
+        tensors, aliases = mapping_targets(meta, peft=old.kind == "peft")
+        mapping = plan_mapping(old.sources, full_shapes(tensors), policy,
+                               f"{where}: --bundle {bundle} -> {cfg.model.path}", aliases)
+    teacher = check_teacher(cfg, old, old_base, where) if "distill" in method else None
+    return Recycling(method, old, mapping, p, teacher)
+
+
+def build_mapped_model(r: Recycling, tokenizer, data):
+    """The new base as a task model with the bundle mapped onto it (before DeepSpeed starts)."""
+    cfg = r.plan.cfg
+    model, head = load_task_model(cfg.model.path, cfg.task.type, data.label_names,
+                                  tokenizer.pad_token_id, r.plan.ds_config, cfg.seed,
+                                  cfg.model.trust_remote_code)
+    if r.old.kind == "peft":
+        from peft import get_peft_model
+
+        model = get_peft_model(model, r.old.peft_config())
+    tensors, _ = mapping_targets(model, peft=r.old.kind == "peft")
+    apply_mapping(tensors, r.mapping, r.old.read)
+    return model, head
+
+
+def start(r: Recycling):
+    """Steps 2-3: start the ranks, read the task data, record the configs and the mapping report,
+    and build the student: the new base with the bundle mapped (a fresh one for distill).
+    Returns (tokenizer, data, run_dir, model, head names)."""
+    dist.init()
+    tokenizer, data = tuning.load_inputs(r.plan)
+    if data.label_names != r.old.labels:
+        raise ConfigError(f"{r.plan.where}: the task data's labels {data.label_names} are not the "
+                          f"bundle's {r.old.labels}")
+    run_dir = write_run_files(r.plan.cfg, r.plan.ds_config)
+    if dist.is_main() and r.mapping:
+        save_json(r.mapping.report(), run_dir / "mapping.json")
+    if r.method == "distill":
+        model, head = tuning.build_model(r.plan, tokenizer, data)
+    else:
+        model, head = build_mapped_model(r, tokenizer, data)
+    return tokenizer, data, run_dir, model, head
+
+
+def lineage_of(r: Recycling) -> dict:
+    cfg = r.plan.cfg
+    return {"recycled": {
+        "method": r.method,
+        "bundle": {"path": str(r.old.path.resolve()), "kind": r.old.kind,
+                   "method": r.old.method, "metrics": r.old.metrics},
+        "old_base": r.old.base,
+        "new_base": {"path": str(Path(cfg.model.path).resolve()),
+                     "fingerprint": fingerprint(cfg.model.path)},
+        "mapping": r.mapping.report() if r.mapping else None}}
+
+
+def distiller(r: Recycling, tokenizer, data) -> Distiller:
+    cfg, p = r.plan.cfg, r.plan
+    ds_config = teacher_ds_config(cfg, dist.world_size(), p.grad_accum, p.schedule.peak_lr,
+                                  hidden_size_of(r.teacher.base))
+    teacher = build_teacher(r.old, r.teacher.base, data.label_names, tokenizer.pad_token_id,
+                            ds_config, cfg.seed)
+    return Distiller(teacher, cfg.distill, cfg.task.type, r.teacher.hidden_layers)
+
+
+def record_teacher(teacher, digest_before: str, run_dir: Path) -> None:
+    """run_dir/teacher.json: the teacher's weights before and after training (all ranks call)."""
+    params = list(teacher.module.parameters())
+    record = {"weights_digest_before": digest_before,
+              "weights_digest_after": weights_digest(teacher),
+              "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
+              "parameters_with_grad": sum(p.grad is not None for p in params),
+              "zero_stage": teacher.zero_optimization_stage()}
+    if dist.is_main():
+        save_json(record, run_dir / "teacher.json")
+    dist.barrier()
+
+
+def compat(r: Recycling, model, tokenizer, data, run_dir: Path) -> dict:
+    """Score the mapped model with no training: run_dir/compat.json and TensorBoard (step 0)."""
+    engine = frozen_engine(model, r.plan.ds_config)
+    metrics = tuning.score(r.plan, engine.module, data, tokenizer)
+    digest = weights_digest(engine)
+    result = {
+        "method": "compat",
+        **{split: {k.removeprefix("eval/"): v for k, v in metrics[split].items()}
+           for split in ("dev", "test") if split in metrics},
+        "dev_majority_baseline": metrics.get("dev_majority_baseline"),
+        "old_metrics": r.old.metrics,
+        "weights_digest": digest,
+        **lineage_of(r)["recycled"]}
+    if dist.is_main():
+        monitor = Monitor(run_dir, 0, 0)
+        monitor.log(0, {f"compat/{split}/{k}": v for split in ("dev", "test") if split in result
+                        for k, v in result[split].items()})
+        monitor.close()
+        save_json(result, run_dir / "compat.json")
+    dist.barrier()
+    return result
+
