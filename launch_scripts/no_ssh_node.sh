@@ -8,5 +8,7 @@ source "$(dirname "$0")/env.sh"
 : "${NODE_RANK:?set NODE_RANK (0 .. nodes-1)}"
 : "${MASTER_ADDR:?set MASTER_ADDR (node 0)}"
 MASTER_PORT="${MASTER_PORT:-29500}"
-run "$RTUNE_LAUNCHER" --hostfile "$HOSTFILE" --no_ssh --node_rank "$NODE_RANK" \
-  --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --module rtune_ds "$@"
+check_hostfile "$HOSTFILE"
+run "$RTUNE_LAUNCHER" --log_level "$RTUNE_LOG_LEVEL" --hostfile "$HOSTFILE" --no_ssh \
+  --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
+  --module rtune_ds "$@"

@@ -5,5 +5,7 @@
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 : "${HOSTFILE:?set HOSTFILE}"
+check_hostfile "$HOSTFILE"
 write_deepspeed_env
-run "$RTUNE_LAUNCHER" --hostfile "$HOSTFILE" --launcher openmpi --module rtune_ds "$@"
+run "$RTUNE_LAUNCHER" --log_level "$RTUNE_LOG_LEVEL" --hostfile "$HOSTFILE" --launcher openmpi \
+  --module rtune_ds "$@"

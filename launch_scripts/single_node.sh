@@ -5,4 +5,5 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 NPROC="${NPROC:-2}"
 MASTER_PORT="${MASTER_PORT:-29500}"
-run "$RTUNE_LAUNCHER" --num_gpus "$NPROC" --master_port "$MASTER_PORT" --module rtune_ds "$@"
+run "$RTUNE_LAUNCHER" --log_level "$RTUNE_LOG_LEVEL" --num_gpus "$NPROC" \
+  --master_port "$MASTER_PORT" --module rtune_ds "$@"

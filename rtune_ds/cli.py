@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 
+from rtune_ds.console import LOG_LEVELS, console
 from rtune_ds.errors import ConfigError, RunError
 
 
@@ -16,6 +17,18 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", help="'auto': continue from the run dir's last complete checkpoint "
                    "if there is one; 'required': fail if there is none")
     p.add_argument("overrides", nargs="*", help="dotted overrides: train.lr=3e-4 data.seq_len=64")
+
+
+def _add_task_args(p: argparse.ArgumentParser, config_help: str, required: bool = True,
+                   deepspeed: bool = True) -> None:
+    """--config with a task's keys, --ds-config (unless the analysis runs without DeepSpeed) and
+    dotted overrides."""
+    p.add_argument("--config", required=required, help=config_help)
+    if deepspeed:
+        p.add_argument("--ds-config", help="DeepSpeed JSON")
+    else:
+        p.set_defaults(ds_config=None)
+    p.add_argument("overrides", nargs="*", help="dotted overrides")
 
 
 def _add_recycle_args(p: argparse.ArgumentParser) -> None:
@@ -41,6 +54,9 @@ def _add_pair_args(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rtune", description=__doc__)
+    ap.add_argument("--verbose", action="store_true",
+                    help="DeepSpeed's INFO lines and the libraries' warnings and progress bars "
+                    "(anywhere on the command line; or RTUNE_LOG_LEVEL=debug|info|warning|error)")
     sub = ap.add_subparsers(dest="command", required=True)
     _add_run_args(sub.add_parser("pretrain", help="(continual) pretraining of a base model"))
     _add_run_args(sub.add_parser("finetune", help="tune a base for a task -> adapted-weights bundle"))
@@ -65,26 +81,20 @@ def parser() -> argparse.ArgumentParser:
     curve = analyze.add_parser("compat", help="compat of one bundle along a series of bases")
     curve.add_argument("--bundle", required=True, help="an rtune bundle or a PEFT adapter dir")
     curve.add_argument("--bases", nargs="+", required=True, help="base model directories, in order")
-    curve.add_argument("--config", help="task keys (default: the bundle's own)")
-    curve.add_argument("--ds-config", help="DeepSpeed JSON")
     curve.add_argument("--out", default="runs/compat_curve", help="output directory")
     curve.add_argument("--name-map", action="append", default=[], metavar="REGEX=NEW")
     curve.add_argument("--allow-partial", action="store_true")
-    curve.add_argument("overrides", nargs="*", help="dotted overrides")
+    _add_task_args(curve, "task keys (default: the bundle's own)", required=False)
     conn = analyze.add_parser("connectivity", help="dev metrics along the straight line between "
                               "two tuned models (JSON, PNG, TensorBoard)")
     _add_pair_args(conn)
     conn.add_argument("--points", type=int, default=26, help="equally spaced λ values in [0, 1]")
-    conn.add_argument("--config", required=True, help="task keys as for finetune")
-    conn.add_argument("--ds-config", help="DeepSpeed JSON")
-    conn.add_argument("overrides", nargs="*", help="dotted overrides")
+    _add_task_args(conn, "task keys as for finetune")
     sim = analyze.add_parser("similarity", help="JS divergence of every attention head between two "
                              "tuned models (JSON, heatmap PNG)")
     _add_pair_args(sim)
     sim.add_argument("--max-examples", type=int, default=64, help="dev examples fed to both models")
-    sim.add_argument("--config", required=True, help="task keys as for finetune (dev: inputs)")
-    sim.add_argument("overrides", nargs="*", help="dotted overrides")
-    sim.set_defaults(ds_config=None)
+    _add_task_args(sim, "task keys as for finetune (dev: inputs)", deepspeed=False)
     dst = analyze.add_parser("distance", help="L2 and cosine between two tuned models' parameters")
     _add_pair_args(dst)
     dst.add_argument("--backbone-only", action="store_true", help="leave the task head out")
@@ -153,12 +163,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run_config(args, command: str = "pretrain"):
+    """The RunConfig of a job, with its run dir claimed for this launch: before the recipe's
+    imports (torch, DeepSpeed, transformers take seconds), so a held run dir is refused at once."""
+    from rtune_ds.artifacts.run_dir import hold_run_dir
     from rtune_ds.config.load import load_run_config
 
     overrides = list(args.overrides)
     if args.ds_config:
         overrides.append(f"deepspeed={args.ds_config}")
-    return load_run_config(args.config, overrides, command), args.config or "command line"
+    where = args.config or "command line"
+    cfg = load_run_config(args.config, overrides, command)
+    hold_run_dir(cfg.run_dir, where)
+    return cfg, where
 
 
 def entry() -> None:
@@ -181,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # the deepspeed launcher passes --local_rank=N first; LOCAL_RANK in the environment says the same
     argv = [a for a in argv if not a.startswith("--local_rank")]
+    if "--verbose" in argv:  # a global option, taken after the command too
+        argv = ["--verbose", *[a for a in argv if a != "--verbose"]]
     ap = parser()
     # dotted overrides may come before options too (`... a.b=1 --method init c=2`)
     args, rest = ap.parse_known_args(argv)
@@ -189,27 +207,33 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unrecognized arguments: {' '.join(stray)}")
     if rest:
         args.overrides = [*args.overrides, *rest]
+    level = "info" if args.verbose else os.environ.get("RTUNE_LOG_LEVEL", "warning").lower()
+    if level not in LOG_LEVELS:
+        print(f"rtune: error: RTUNE_LOG_LEVEL={level!r}: one of {', '.join(LOG_LEVELS)}",
+              file=sys.stderr)
+        return 2
+    console(level)
     if getattr(args, "resume", None) not in (None, "auto", "required"):
         print(f"rtune: error: --resume must be 'auto' or 'required', got {args.resume!r}",
               file=sys.stderr)
         return 2
     try:
         if args.command == "pretrain":
+            cfg, where = run_config(args)
             from rtune_ds.recipes import pretrain
 
-            cfg, where = run_config(args)
             pretrain.run(cfg, where, args.resume, "rtune " + " ".join(argv))
         elif args.command == "finetune":
+            cfg, where = run_config(args, "finetune")
             from rtune_ds.recipes import finetune
 
-            cfg, where = run_config(args, "finetune")
             finetune.run(cfg, where, args.resume, "rtune " + " ".join(argv))
         elif args.command == "recycle":
+            args.overrides.append(f"model.path={args.base}")
+            cfg, where = run_config(args, "finetune")
             from rtune_ds.recipes import recycle
             from rtune_ds.recycling.mapping import Policy, parse_name_map
 
-            args.overrides.append(f"model.path={args.base}")
-            cfg, where = run_config(args, "finetune")
             policy = Policy(parse_name_map(args.name_map, where), args.allow_partial)
             recycle.run(cfg, where, args.resume, "rtune " + " ".join(argv), args.bundle,
                         args.method, policy, args.force_same_base, args.old_base)
@@ -232,18 +256,19 @@ def main(argv: list[str] | None = None) -> int:
 
             analyze.run(args, "rtune " + " ".join(argv))
         elif args.command == "export":
-            from rtune_ds.artifacts.bundle import export_merged
+            from rtune_ds.recycling.merge import export_merged
 
             export_merged(args.bundle, args.base, args.out, "rtune " + " ".join(argv),
                           check_fingerprint=not args.allow_other_base)
-        elif args.command == "demo":
-            from rtune_ds.recipes import demo
+        elif args.command == "demo" and args.run_plan:  # inside the demo's own launch
+            from rtune_ds.demo.runner import run_plan
 
-            if args.run_plan:
-                demo.run_plan(args.run_plan)
-            else:
-                demo.run(args.quick, args.out, args.nproc, args.seeds, args.data, args.ds_config,
-                         "rtune " + " ".join(argv))
+            run_plan(args.run_plan)
+        elif args.command == "demo":
+            from rtune_ds.demo import main as demo
+
+            demo.run(args.quick, args.out, args.nproc, args.seeds, args.data, args.ds_config,
+                     "rtune " + " ".join(argv))
         elif args.command == "sweep":
             from rtune_ds.recipes import sweep
 
@@ -270,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 bench.compare(cfg, where, args.steps, args.warmup)
     except (ConfigError, RunError) as err:
+        from rtune_ds.artifacts.run_dir import release_unused_run_dirs
+
+        release_unused_run_dirs()  # a run dir refused before it got output is left as it was
         rank = os.environ.get("RANK", "0")
         print(f"rtune: error{'' if rank == '0' else f' (rank {rank})'}: {err}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 3

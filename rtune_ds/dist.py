@@ -1,6 +1,8 @@
 """Distributed start-up and rank helpers: the one place that knows about ranks."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from typing import Any, Callable
 
@@ -39,7 +41,10 @@ def init() -> None:
             s.bind(("127.0.0.1", 0))
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
     if not torch_dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+        # DeepSpeed prints that it built its CPU all-reduce op, once per rank, with print()
+        quiet = os.environ.get("RTUNE_LOG_LEVEL", "warning") in ("warning", "error")
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
         _unlink_shm_buffer()
 
 
@@ -56,19 +61,20 @@ def _unlink_shm_buffer() -> None:
 
 
 def main_first(fn: Callable[[], Any]) -> Any:
-    """Run `fn` on rank 0 first (it fills caches), then on the others; a ConfigError on rank 0
-    is raised on every rank instead of leaving the others waiting."""
-    from rtune_ds.errors import ConfigError
+    """Run `fn` on rank 0 first (it fills caches), then on the others; a ConfigError or RunError
+    (a full disk while filling a cache) on rank 0 is raised on every rank instead of leaving the
+    others waiting."""
+    from rtune_ds.errors import ConfigError, RunError
 
     result, error = None, None
     if is_main():
         try:
             result = fn()
-        except ConfigError as err:
-            error = str(err)
+        except (ConfigError, RunError) as err:
+            error = (type(err).__name__, str(err))
     error = broadcast_object(error)
     if error:
-        raise ConfigError(error)
+        raise (ConfigError if error[0] == "ConfigError" else RunError)(error[1])
     if not is_main():
         result = fn()
     return result

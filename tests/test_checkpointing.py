@@ -6,7 +6,15 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, base_env, check, rtune, tiny_config, train_losses, write_config
+from conftest import (
+    REPO,
+    base_env,
+    check,
+    rtune,
+    tiny_config,
+    train_losses,
+    write_config,
+)
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow

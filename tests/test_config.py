@@ -4,8 +4,12 @@ import pytest
 from conftest import FIXTURES, tiny_config, write_config
 
 from rtune_ds.config.checks import resolve_batch
-from rtune_ds.config.ds_config import (CPU_REDUCE_BUCKET_SIZE, read_ds_config, reduce_bucket_size,
-                                       resolve_ds_config)
+from rtune_ds.config.ds_config import (
+    CPU_REDUCE_BUCKET_SIZE,
+    read_ds_config,
+    reduce_bucket_size,
+    resolve_ds_config,
+)
 from rtune_ds.config.load import load_run_config
 from rtune_ds.errors import ConfigError
 from rtune_ds.resources import DS_CONFIGS

@@ -56,3 +56,15 @@ def test_split_is_fixed_and_disjoint():
     again_train, again_held = split_blocks(blocks, 0.1)
     assert torch.equal(held, again_held) and len(held) == 10 and len(train) == 90
     assert not set(held[:, 0].tolist()) & set(train[:, 0].tolist())
+
+
+def test_a_changed_packing_rule_version_misses_the_cache(tmp_path, tokenizer, monkeypatch):
+    from rtune_ds.data import corpus
+
+    path, calls, real_pack = FIXTURES / "general.jsonl", [], corpus.pack
+    monkeypatch.setattr(corpus, "pack", lambda *a: calls.append(1) or real_pack(*a))
+    for version in (corpus.PACKING_RULE_VERSION, corpus.PACKING_RULE_VERSION, 99):
+        monkeypatch.setattr(corpus, "PACKING_RULE_VERSION", version)
+        packed_blocks(str(path), tokenizer, tokenizer_hash(tokenizer), 32, "text", tmp_path)
+    assert len(calls) == 2  # the second call reads the cache; another rule version repacks
+    assert len(list(tmp_path.iterdir())) == 2 and not list(tmp_path.glob(".tmp*"))

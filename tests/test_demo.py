@@ -1,20 +1,59 @@
 """`rtune demo --quick` end to end on 2 CPU ranks, on data made from the committed fixtures (no
-network): every job runs, and the report's numbers are the ones in the runs' files."""
+network): every job runs, and the report's numbers are the ones in the runs' files. First, in
+process: the plan (DeepSpeed JSON, run names, the jobs' inputs and command lines)."""
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import statistics
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
+from rtune_ds.cli import parser
 from rtune_ds.data.tasks import build_task
+from rtune_ds.demo.plan import Job, ds_config_path, load_budget, plan_jobs
+from rtune_ds.errors import ConfigError
+from rtune_ds.resources import DS_CONFIGS
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def test_the_budgets_ds_config_is_shipped_in_the_package(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a directory without ds_configs/, as after a wheel install
+    for quick in (True, False):
+        budget = load_budget(quick, None)
+        assert Path(budget["ds_config"]).name == budget["ds_config"]  # a bare name
+        found = Path(ds_config_path(None, budget))
+        assert found.is_file() and found.parent == DS_CONFIGS
+    (tmp_path / "mine.json").write_text("{}")
+    assert ds_config_path("mine.json", budget) == "mine.json"  # the user's path, as given
+    with pytest.raises(ConfigError, match="--ds-config nope.json: DeepSpeed JSON not found"):
+        ds_config_path("nope.json", budget)
+    with pytest.raises(ConfigError, match=r"demo.yaml: key 'full.ds_config' \(zero9.json\)"):
+        ds_config_path(None, {**budget, "ds_config": "zero9.json"})
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_the_plan_names_each_run_once_and_reads_only_what_earlier_jobs_write(tmp_path, quick):
+    jobs = plan_jobs(load_budget(quick, None), tmp_path, tmp_path / "configs")
+    assert len({j.name for j in jobs}) == len(jobs)
+    assert len({j.run_dir for j in jobs}) == len(jobs)
+    for n, job in enumerate(jobs):
+        reads = [o.split("=", 1)[1] for o in job.overrides if o.startswith("model.path=")]
+        reads += [job.options[k] for k in ("bundle", "base") if k in job.options]
+        reads += list(job.options.get("pairs", {}).values())
+        assert {Path(r) for r in reads} <= {Path(j.run_dir) / "final" for j in jobs[:n]}, job.name
+        assert Job(**json.loads(json.dumps(asdict(job)))) == job  # the plan file holds it whole
+        # its command line is one `rtune` runs: the same command, run dir and config
+        args = parser().parse_args(shlex.split(job.command())[1:])
+        assert (args.analyze_command if args.command == "analyze" else args.command) == job.recipe
+        assert (args.config, args.overrides[0]) == (job.config, f"run_dir={job.run_dir}")
 
 
 def fixture_data(out: Path) -> Path:
@@ -91,7 +130,8 @@ def test_demo_quick_report_matches_the_runs(tmp_path):
     assert report["convergence"]["pairs"][0]["vanilla_best"] == best
     md = (out / "report.md").read_text()
     for row in report["table"]:
-        assert f"| {row['task']} | {row['run']} | {row['dev_mean']:.3f} | {row['test_mean']:.3f}" in md
+        assert (f"| {row['task']} | {row['run']} | {row['dev_mean']:.3f} | "
+                f"{row['test_mean']:.3f}") in md
 
     # a second run reuses every finished job and rewrites the same numbers
     again = subprocess.run([sys.executable, "-m", "rtune_ds", "demo", "--quick", "--out",

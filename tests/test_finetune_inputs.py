@@ -37,12 +37,15 @@ def setup_case(tmp_path, cache_dir, case):
     elif case == "few-shot of zero":
         cfg["task"]["few_shot"] = 0
         culprits = ["task.few_shot"]
+    elif case == "examples longer than the positions":
+        cfg["task"]["max_len"] = 1000
+        culprits = ["task.max_len", "1000 tokens per example", "at most 256"]
     return write_config(tmp_path / "run.yaml", cfg), culprits
 
 
 CASES = ["label outside the label set", "label outside task.labels", "text column missing",
          "lora target module not in the model", "base of another architecture",
-         "lm task on an encoder base", "few-shot of zero"]
+         "lm task on an encoder base", "few-shot of zero", "examples longer than the positions"]
 
 
 @pytest.mark.parametrize("case", CASES)

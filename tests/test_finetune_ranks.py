@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import FINETUNE_STEPS as STEPS
-from conftest import FIXTURES, check, finetune_config, read_jsonl, rtune, tiny_base, write_config
+from conftest import (
+    FIXTURES,
+    check,
+    finetune_config,
+    read_jsonl,
+    rtune,
+    tiny_base,
+    write_config,
+)
 from safetensors.torch import load_file
 
 
@@ -130,7 +138,7 @@ def tuned_logits_from_checkpoint(run_dir: Path, base: Path, labels, pad_id, ids,
 
 @pytest.mark.slow
 def test_delta_bundle_reapplied_reproduces_tuned_logits(runs, cache_dir):
-    from rtune_ds.artifacts.bundle import apply_bundle
+    from rtune_ds.recycling.merge import apply_bundle
 
     run_dir, base = runs("full_zero3", "full", "zero3", 2), tiny_base(cache_dir)
     meta = bundle(run_dir)
@@ -151,7 +159,7 @@ def test_delta_bundle_reapplied_reproduces_tuned_logits(runs, cache_dir):
 def test_export_writes_a_plain_merged_model(runs, cache_dir, tmp_path, name, method):
     from transformers import AutoModelForSequenceClassification
 
-    from rtune_ds.artifacts.bundle import apply_bundle
+    from rtune_ds.recycling.merge import apply_bundle
 
     run_dir, base = runs(name, method, "zero3", 2), tiny_base(cache_dir)
     out = tmp_path / "merged"
@@ -173,7 +181,7 @@ def test_export_writes_a_plain_merged_model(runs, cache_dir, tmp_path, name, met
 @pytest.mark.slow
 def test_ia3_learns_and_its_bundle_reapplies(cache_dir, tmp_path):
     """Another PEFT method: IA3 (with the classifier head trained and saved)."""
-    from rtune_ds.artifacts.bundle import apply_bundle
+    from rtune_ds.recycling.merge import apply_bundle
     from rtune_ds.train.evaluate import evaluate_classification
 
     base = tiny_base(cache_dir)
@@ -192,7 +200,7 @@ def test_ia3_learns_and_its_bundle_reapplies(cache_dir, tmp_path):
 def test_roberta_style_base(cache_dir, tmp_path):
     """An encoder base: the classifier head (dense + out_proj) is new, trained and bundled. (A
     random encoder's first token barely depends on the text, so no learning is asserted here.)"""
-    from rtune_ds.artifacts.bundle import apply_bundle
+    from rtune_ds.recycling.merge import apply_bundle
     from rtune_ds.train.evaluate import evaluate_classification
 
     base = tiny_base(cache_dir, "roberta-1m")
@@ -208,7 +216,7 @@ def test_roberta_style_base(cache_dir, tmp_path):
 
 @pytest.mark.slow
 def test_lm_sft_with_lora_on_two_ranks(cache_dir, tmp_path):
-    from rtune_ds.artifacts.bundle import apply_bundle
+    from rtune_ds.recycling.merge import apply_bundle
 
     base = tiny_base(cache_dir)
     run_dir = tmp_path / "sft"

@@ -4,8 +4,17 @@ import pytest
 import torch
 
 from rtune_ds.errors import ConfigError
-from rtune_ds.recycling.mapping import (ADD, ADD_ROWS, SET, Policy, apply_mapping, mapping_targets,
-                                        parse_name_map, peft_saved_name, plan_mapping)
+from rtune_ds.recycling.mapping import (
+    ADD,
+    ADD_ROWS,
+    SET,
+    Policy,
+    apply_mapping,
+    mapping_targets,
+    parse_name_map,
+    peft_saved_name,
+    plan_mapping,
+)
 
 H = 8
 TARGET = {"embed.weight": (100, H), "layers.0.w": (H, H), "layers.1.w": (H, H),
@@ -107,3 +116,53 @@ def test_peft_saved_names():
         == "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
     assert peft_saved_name("base_model.model.score.modules_to_save.default.weight") \
         == "base_model.model.score.weight"
+
+
+def test_transplant_applies_a_peft_adapter_as_peft_itself_does(tmp_path):
+    """The one base + bundle -> model path, in process on a tiny base and a plain PEFT adapter."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        LlamaForSequenceClassification,
+    )
+
+    from rtune_ds.artifacts.bundle import open_old_weights
+    from rtune_ds.recycling.transplant import transplant
+
+    labels = ["a", "b", "c"]
+    config = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, pad_token_id=0)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(str(tmp_path / "base"))  # a base has no task head
+
+    def classifier():
+        return LlamaForSequenceClassification.from_pretrained(
+            str(tmp_path / "base"), num_labels=3, pad_token_id=0, dtype=torch.float32)
+
+    adapter = get_peft_model(classifier(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"],
+                                                      task_type="SEQ_CLS"))
+    with torch.no_grad():
+        for p in adapter.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.1)
+    adapter.save_pretrained(str(tmp_path / "adapter"))
+
+    old = open_old_weights(tmp_path / "adapter", labels, "t")
+    got = transplant(old, tmp_path / "base", labels=labels, pad_token_id=0, where="t")
+    assert got.head == ["score.weight"] and len(got.mapping.moves) == len(old.sources)
+    want = PeftModel.from_pretrained(classifier(), str(tmp_path / "adapter")).eval()
+    ids = torch.randint(1, 40, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(got.model.eval()(input_ids=ids).logits, want(input_ids=ids).logits)
+
+
+def test_the_bundle_format_knows_nothing_of_recycling():
+    import ast
+    from pathlib import Path
+
+    import rtune_ds.artifacts.bundle as bundle
+
+    tree = ast.parse(Path(bundle.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not any(m.startswith("rtune_ds.recycling") for m in imported), imported

@@ -6,7 +6,15 @@ import threading
 
 import pytest
 import torch
-from conftest import check, free_port, rtune, summary, tiny_config, train_losses, write_config
+from conftest import (
+    check,
+    free_port,
+    rtune,
+    summary,
+    tiny_config,
+    train_losses,
+    write_config,
+)
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 

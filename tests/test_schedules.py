@@ -2,7 +2,11 @@ import math
 
 import pytest
 
-from rtune_ds.train.schedules import constant, continual_pretraining_recipe, cosine_with_floor
+from rtune_ds.train.schedules import (
+    constant,
+    continual_pretraining_recipe,
+    cosine_with_floor,
+)
 
 
 def test_cosine_with_floor_matches_formula():

@@ -10,8 +10,17 @@ import subprocess
 import time
 
 import pytest
-from conftest import (DEEPSPEED, REPO, base_env, check, free_port, rtune, tiny_config, train_losses,
-                      write_config)
+from conftest import (
+    DEEPSPEED,
+    REPO,
+    base_env,
+    check,
+    free_port,
+    rtune,
+    tiny_config,
+    train_losses,
+    write_config,
+)
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow

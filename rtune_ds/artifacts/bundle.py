@@ -12,7 +12,8 @@
                                plain `PeftModel.from_pretrained(base_task_model, adapter/)` loads it
 
 Tensors are safetensors only. Under ZeRO-3 every tensor is gathered before it is written (no
-empty shards), and a PEFT run gathers and writes only its trainable parameters.
+empty shards), and a PEFT run gathers and writes only its trainable parameters. This module knows
+the format only; putting a bundle onto a base is recycling.transplant's (and recycling.merge's).
 """
 from __future__ import annotations
 
@@ -25,13 +26,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from rtune_ds import dist
-from rtune_ds.artifacts.lineage import code_version, fingerprint
+from rtune_ds.artifacts.lineage import fingerprint
 from rtune_ds.errors import ConfigError
 from rtune_ds.io import save_json, staged_dir
-from rtune_ds.models.loader import task_auto_class, task_model_kwargs
-from rtune_ds.models.zero import gather_trainable, gathered_state_dict, settle_partitions
-from rtune_ds.recycling.mapping import (Policy, apply_mapping, full_shapes, mapping_targets,
-                                        plan_mapping)
+from rtune_ds.models.loader import from_local, task_auto_class, task_model_kwargs
+from rtune_ds.models.zero import (
+    gather_trainable,
+    gathered_state_dict,
+    settle_partitions,
+)
 
 FORMAT = "rtune-bundle/1"
 
@@ -57,10 +60,8 @@ def peft_head(adapter_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 def base_state(base_dir: str | Path, task_type: str, label_names: list[str] | None,
                pad_token_id: int | None) -> dict[str, torch.Tensor]:
     """θ_base under the task model's names (the head, which the base lacks, is left out)."""
-    model, info = task_auto_class(task_type).from_pretrained(
-        str(base_dir), dtype=torch.float32, output_loading_info=True,
-        **task_model_kwargs(task_type, label_names, pad_token_id))
-    missing = set(info["missing_keys"])
+    model, missing = from_local(task_auto_class(task_type), base_dir, f"task.type '{task_type}'",
+                                **task_model_kwargs(task_type, label_names, pad_token_id))
     return {k: v for k, v in model.state_dict().items() if k not in missing}
 
 
@@ -209,79 +210,3 @@ def open_old_weights(path: str | Path, labels: list[str] | None, where: str) -> 
                                  "fingerprint": None, "model_type": None}, {}, {})
     _add_sources(old, path / "adapter_model.safetensors", "set")
     return old
-
-
-def apply_bundle(bundle_dir: str | Path, base_dir: str | Path, merge: bool = True,
-                 check_fingerprint: bool = True) -> torch.nn.Module:
-    """The tuned task model: the base (loaded plainly on CPU) with the bundle applied. For PEFT,
-    `merge=False` keeps the PeftModel instead of merging the adapter into the weights."""
-    from peft import PeftModel
-
-    meta = read_bundle(bundle_dir)
-    bundle_dir = Path(bundle_dir)
-    if check_fingerprint:
-        found = fingerprint(base_dir)
-        if found != meta["base"]["fingerprint"]:
-            raise ConfigError(f"--base {base_dir}: fingerprint {found} is not the one the bundle "
-                              f"was tuned on ({meta['base']['fingerprint']}, {meta['base']['path']})")
-    task = meta["task"]
-
-    def load_base():
-        return task_auto_class(task["type"]).from_pretrained(
-            str(base_dir), dtype=torch.float32,
-            **task_model_kwargs(task["type"], task["labels"], task["pad_token_id"]))
-
-    old = open_old_weights(bundle_dir, task["labels"], str(bundle_dir))  # safetensors only
-    model = load_base()
-    if old.kind == "peft":
-        model = PeftModel.from_pretrained(model, str(old.adapter_dir))
-        if merge:
-            model = _merged(model, load_base())
-    else:
-        tensors, aliases = mapping_targets(model, peft=False)
-        apply_mapping(tensors, plan_mapping(old.sources, full_shapes(tensors), Policy(),
-                                            str(bundle_dir), aliases), old.read)
-    return model.eval()
-
-
-def _merged(peft_model, plain: torch.nn.Module) -> torch.nn.Module:
-    """`plain` (a fresh base task model) holding the PeftModel's weights with the adapter merged
-    in. (peft's merge_and_unload trips over composite heads such as RoBERTa's classifier.)"""
-    peft_model.merge_adapter()
-    want = plain.state_dict()
-    state = {}
-    for key, value in peft_model.get_base_model().state_dict().items():
-        if ".original_module." in key:
-            continue
-        key = key.replace(SAVED_HEAD + ".", ".").replace(".base_layer.", ".")
-        if key in want:
-            state[key] = value
-    missing = sorted(set(want) - set(state))
-    if missing:
-        raise RuntimeError(f"merging the adapter left base tensors unset: {missing[:3]}")
-    plain.load_state_dict(state, strict=True)
-    return plain
-
-
-def export_merged(bundle_dir: str | Path, base_dir: str | Path, out_dir: str | Path,
-                  command: str, check_fingerprint: bool = True) -> Path:
-    """A plain HF model directory (weights, config, the base's tokenizer, lineage.json)."""
-    from transformers import AutoTokenizer
-
-    meta = read_bundle(bundle_dir)
-    if not Path(base_dir, "config.json").is_file():
-        raise ConfigError(f"--base {base_dir}: not a Hugging Face model directory (no config.json)")
-    model = apply_bundle(bundle_dir, base_dir, merge=True, check_fingerprint=check_fingerprint)
-    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
-    parent = {"path": str(Path(base_dir).resolve()), "fingerprint": fingerprint(base_dir)}
-    out_dir = Path(out_dir)
-    with staged_dir(out_dir) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
-        save_json({"command": command, "kind": "merged", "bundle": {
-            "path": str(Path(bundle_dir).resolve()), "kind": meta["kind"], "method": meta["method"]},
-            "parent": parent, "task": meta["task"], "metrics": meta["metrics"],
-            "code_version": code_version(),
-            "fingerprint": fingerprint(tmp)}, tmp / "lineage.json")
-    return out_dir
-

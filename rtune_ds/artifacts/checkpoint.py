@@ -10,14 +10,16 @@ import sys
 from pathlib import Path
 
 import torch
-from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO,
-                                            UNIVERSAL_CHECKPOINT_VERSION_KEY,
-                                            UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+from deepspeed.checkpoint.constants import (
+    UNIVERSAL_CHECKPOINT_INFO,
+    UNIVERSAL_CHECKPOINT_VERSION_KEY,
+    UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+)
 
 from rtune_ds import dist
 from rtune_ds.artifacts import checkpoint
 from rtune_ds.errors import ConfigError
-from rtune_ds.io import save_json, write_failed
+from rtune_ds.io import WRITE_ERRORS, save_json, save_text, staged_dir, write_failed
 
 RUN_STATE = "rtune_state.json"
 
@@ -64,10 +66,12 @@ def save(engine, ckpt_dir: Path, step: int, client_state: dict) -> None:
                       | {"zero_stage": engine.zero_optimization_stage()}, staging / RUN_STATE)
             _fsync_tree(staging)
             shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
+            # Not io.staged_dir: DeepSpeed writes save_dir/<tag>/ from every rank, so the staging
+            # dir is a tag all ranks know beforehand (no random name), and rank 0 renames it only
+            # once every rank has written its part.
             os.replace(staging, ckpt_dir / tag)
-            (ckpt_dir / "latest.tmp").write_text(tag)
-            os.replace(ckpt_dir / "latest.tmp", ckpt_dir / "latest")
-    except (OSError, RuntimeError) as err:
+            save_text(tag, ckpt_dir / "latest")
+    except (*WRITE_ERRORS, RuntimeError) as err:  # torch.save: a failed write is a RuntimeError
         raise write_failed(ckpt_dir / tag, err, staging) from err
     dist.barrier()
 
@@ -86,19 +90,18 @@ def convert_to_universal(ckpt_dir: Path, tag: str) -> None:
     target = ckpt_dir / universal_tag(tag)
     if target.is_dir():
         return
-    staging = ckpt_dir / f".tmp-{universal_tag(tag)}"
-    shutil.rmtree(staging, ignore_errors=True)
-    proc = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
-                           "--input_folder", str(ckpt_dir / tag), "--output_folder", str(staging),
-                           "--num_extract_workers", "1", "--num_merge_workers", "1"],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ConfigError(f"{ckpt_dir / tag}: conversion to a universal checkpoint failed: "
-                          f"{proc.stderr.strip()[-800:]}")
-    for file in (ckpt_dir / tag).glob("rng_rank*.pt"):
-        shutil.copy(file, staging)
-    shutil.copy(ckpt_dir / tag / RUN_STATE, staging)
-    os.replace(staging, target)
+    with staged_dir(target) as staging:
+        proc = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
+                               "--input_folder", str(ckpt_dir / tag),
+                               "--output_folder", str(staging),
+                               "--num_extract_workers", "1", "--num_merge_workers", "1"],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ConfigError(f"{ckpt_dir / tag}: conversion to a universal checkpoint failed: "
+                              f"{proc.stderr.strip()[-800:]}")
+        for file in (ckpt_dir / tag).glob("rng_rank*.pt"):
+            shutil.copy(file, staging)
+        shutil.copy(ckpt_dir / tag / RUN_STATE, staging)
 
 
 def load(engine, ckpt_dir: Path, tag: str) -> dict:

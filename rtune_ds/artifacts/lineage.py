@@ -9,18 +9,28 @@ from pathlib import Path
 
 from rtune_ds import __version__
 
+_FINGERPRINTS: dict[tuple, str] = {}  # (resolved dir, (name, size, mtime_ns) per file) -> hash
+
 
 def fingerprint(model_dir: str | Path) -> str:
-    """Content fingerprint of a model directory: its config and weight files."""
+    """Content fingerprint of a model directory: its config and weight files. Memoised per
+    process (one recycle run asks for the new base's several times); a file whose size or mtime
+    changed is hashed again."""
     model_dir = Path(model_dir)
-    digest = hashlib.sha256()
-    for file in sorted(model_dir.iterdir()):
-        if file.name == "config.json" or file.suffix in (".safetensors", ".bin"):
+    files = [file for file in sorted(model_dir.iterdir())
+             if file.name == "config.json" or file.suffix in (".safetensors", ".bin")]
+    stats = [file.stat() for file in files]
+    key = (str(model_dir.resolve()),
+           tuple((file.name, st.st_size, st.st_mtime_ns) for file, st in zip(files, stats)))
+    if key not in _FINGERPRINTS:
+        digest = hashlib.sha256()
+        for file in files:
             digest.update(file.name.encode())
             with open(file, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(chunk)
-    return digest.hexdigest()[:32]
+        _FINGERPRINTS[key] = digest.hexdigest()[:32]
+    return _FINGERPRINTS[key]
 
 
 def code_version() -> str:

@@ -5,8 +5,17 @@ import json
 import os
 from pathlib import Path
 
-from rtune_ds.config.schema import (NONFINITE_POLICIES, OBJECTIVES, PRECISIONS, PRESETS, SCHEDULES,
-                                    TASK_TYPES, TUNING_METHODS, RunConfig, Source)
+from rtune_ds.config.schema import (
+    NONFINITE_POLICIES,
+    OBJECTIVES,
+    PRECISIONS,
+    PRESETS,
+    SCHEDULES,
+    TASK_TYPES,
+    TUNING_METHODS,
+    RunConfig,
+    Source,
+)
 from rtune_ds.errors import ConfigError
 
 

@@ -7,26 +7,19 @@ the JSON has none; the LR schedule always does (a JSON "scheduler" section is re
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
+from rtune_ds.config.load import read_mapping
 from rtune_ds.config.schema import RunConfig
 from rtune_ds.errors import ConfigError
 from rtune_ds.resources import DS_CONFIGS
 
 
 def read_ds_config(path: str | None) -> tuple[dict, str]:
+    """The DeepSpeed JSON at `path` (default: the stock zero0.json) and its path."""
     path = Path(path) if path else DS_CONFIGS / "zero0.json"
-    if not path.is_file():
-        raise ConfigError(f"{path}: DeepSpeed JSON not found")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: malformed DeepSpeed JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a DeepSpeed JSON must be an object")
-    return data, str(path)
+    return read_mapping(path, "DeepSpeed JSON"), str(path)
 
 
 class _Filler:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from pathlib import Path
@@ -73,19 +74,21 @@ def build(cls: type, data: dict, where: str, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def read_mapping(path: str | Path) -> dict:
-    """Read a YAML or JSON file into a dict (yaml.safe_load reads JSON too)."""
+def read_mapping(path: str | Path, what: str = "config file") -> dict:
+    """Read a YAML or JSON file into a dict; errors name the file and call it `what`. A .json file
+    is read as strict JSON (what DeepSpeed itself reads), anything else as YAML."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: {what} not found")
+    strict = path.suffix == ".json"
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML/JSON: {err}") from None
-    if data is None:
+        data = json.loads(path.read_text()) if strict else yaml.safe_load(path.read_text())
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: malformed {what}: {err}") from None
+    if data is None and not strict:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+        raise ConfigError(f"{path}: the top level of a {what} must be a mapping of keys")
     return data
 
 

@@ -1,20 +1,20 @@
 """Corpora through `datasets`: read local files, tokenise, pack into fixed-length blocks, cache.
 
 A packed corpus is cached under a key made of the file's content hash, the tokenizer's hash, the
-block length and the text field, so a changed input never reuses stale blocks.
+block length, the text field and the version of the packing rule, so neither a changed input nor
+a cache built by older code is ever reused.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import datasets
 import torch
 
 from rtune_ds.errors import ConfigError
+from rtune_ds.io import staged_dir
 
 datasets.logging.set_verbosity_error()
 datasets.disable_progress_bars()
@@ -22,6 +22,7 @@ datasets.disable_progress_bars()
 LOADERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json",
            ".parquet": "parquet"}
 SPLIT_SEED = 1234  # fixed, so every run (and every model version) holds out the same blocks
+PACKING_RULE_VERSION = 1  # bump when pack() would cut other blocks from the same tokens
 
 
 def default_cache_root() -> Path:
@@ -98,19 +99,13 @@ def pack(texts: datasets.Dataset, tokenizer, seq_len: int) -> datasets.Dataset:
 def packed_blocks(path: str, tokenizer, tokenizer_hash: str, seq_len: int, text_field: str,
                   cache_root: Path) -> torch.Tensor:
     """[n_blocks, seq_len] int64 token blocks of one source, from the cache or built now."""
-    key = hashlib.sha256(
-        f"{content_hash(path)}|{tokenizer_hash}|{seq_len}|{text_field}|v1".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{content_hash(path)}|{tokenizer_hash}|{seq_len}|{text_field}"
+                         f"|v{PACKING_RULE_VERSION}".encode()).hexdigest()[:24]
     target = cache_root / f"{Path(path).name}-{key}"
     if not target.is_dir():
         blocks = pack(load_texts(path, text_field), tokenizer, seq_len)
-        cache_root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=cache_root, prefix=".tmp-"))
-        blocks.save_to_disk(str(tmp / "data"))
-        try:
-            os.replace(tmp / "data", target)  # complete or absent
-        except OSError:  # another process got there first
-            pass
-        shutil.rmtree(tmp, ignore_errors=True)
+        with staged_dir(target, first_wins=True) as tmp:
+            blocks.save_to_disk(str(tmp))
     ds = datasets.load_from_disk(str(target)).with_format("torch")
     if len(ds) == 0:
         return torch.empty(0, seq_len, dtype=torch.long)

@@ -41,6 +41,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from rtune_ds.io import save_jsonl, save_text, staged_dir, staged_file
+
 LEXNAMES = [
     "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact",
     "noun.attribute", "noun.body", "noun.cognition", "noun.communication", "noun.event",
@@ -93,14 +95,12 @@ def _unpack(deb: Path, root: Path, name: str) -> Path:
         raise PrepareError(f"cannot unpack {deb}: dpkg-deb is not installed; unpack it "
                            f"elsewhere (dpkg-deb -x, or `ar x` then tar -x of data.tar.*) and "
                            f"pass {OPTIONS.get(name, '--wordnet-dir / --foldoc-dir')} DIR")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".unpack-{root.name}-"))
-    proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise PrepareError(f"dpkg-deb -x {deb} failed ({proc.stderr.strip()[-300:]}); "
-                           f"{_local_hint(name)}")
-    os.replace(tmp, root)
+    with staged_dir(root, first_wins=True) as tmp:
+        proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            raise PrepareError(f"dpkg-deb -x {deb} failed ({proc.stderr.strip()[-300:]}); "
+                               f"{_local_hint(name)}")
     return root
 
 
@@ -117,19 +117,17 @@ def fetch_debian_package(name: str, cache_dir: Path) -> Path:
                                f"{_local_hint(name)}")
     cache_dir.mkdir(parents=True, exist_ok=True)
     # A fresh download dir tells which .deb this call fetched (older versions may sit in cache_dir).
-    dl = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".download-{name}-"))
-    try:
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=f".download-{name}-") as dl:
         proc = subprocess.run(["apt-get", "download", name], cwd=dl, capture_output=True,
                               text=True)
-        debs = sorted(dl.glob(f"{name}_*.deb"))
+        debs = sorted(Path(dl).glob(f"{name}_*.deb"))
         if proc.returncode != 0 or len(debs) != 1:
             raise PrepareError(f"`apt-get download {name}` failed "
                                f"({(proc.stderr or proc.stdout).strip()[-300:]}); try "
                                f"`apt-get update` first, or {_local_hint(name)}")
         deb = cache_dir / debs[0].name
-        os.replace(debs[0], deb)
-    finally:
-        shutil.rmtree(dl, ignore_errors=True)
+        with staged_file(deb) as tmp:
+            shutil.copyfile(debs[0], tmp)
     return _unpack(deb, root, name)
 
 
@@ -234,17 +232,6 @@ def read_foldoc_definitions(root: Path) -> list[dict]:
     return records
 
 
-def _write_atomic(path: Path, lines: list[str]) -> None:
-    """Write to a temp file in the same dir, then rename: no half-written file looks complete."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.writelines(line + "\n" for line in lines)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def package_version(src: Path, name: str) -> str | None:
     """Version of a .deb (dpkg-deb -f, else its file name) or of an unpacked tree (its
     usr/share/doc/NAME/changelog.Debian.gz first line); None when neither says."""
@@ -292,10 +279,9 @@ def prepare_corpora(out_dir: Path, cache_dir: Path, wordnet_src: Path | None = N
         root, version_src = _source_root(package, src, cache_dir)
         corpora[filename] = (package, str(src) if src else f"apt-get download {package}",
                              package_version(version_src, package), reader(root))
-    out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict = {}
     for filename, (package, source, version, records) in corpora.items():
-        _write_atomic(out_dir / filename, [json.dumps(r, ensure_ascii=False) for r in records])
+        save_jsonl(records, out_dir / filename, ensure_ascii=False)
         summary[filename] = {"records": len(records), "package": package, "version": version,
                              "source": source}
     general, computing = corpora["general.jsonl"][3], corpora["computing.jsonl"][3]
@@ -304,5 +290,5 @@ def prepare_corpora(out_dir: Path, cache_dir: Path, wordnet_src: Path | None = N
     summary["computing.jsonl"]["with_category"] = sum(r["category"] is not None
                                                       for r in computing)
     summary["rules"] = RULES
-    _write_atomic(out_dir / "prepare.json", [json.dumps(summary, indent=2, ensure_ascii=False)])
+    save_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", out_dir / "prepare.json")
     return summary

@@ -26,6 +26,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from rtune_ds.io import save_json, save_jsonl
+
 TASKS = {
     # name: (corpus file, label field, max_classes, min_count)
     "supersense": ("general.jsonl", "lexname", 16, 200),
@@ -101,7 +103,6 @@ def build_task(corpus: Path, field: str, max_classes: int, min_count: int,
 def build_tasks(corpora_dir: Path, out_dir: Path) -> dict:
     """Write every task whose corpus is in `corpora_dir`; return {task: description}."""
     corpora_dir, out_dir = Path(corpora_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     described = {}
     for name, (file, field, max_classes, min_count) in TASKS.items():
         corpus = corpora_dir / file
@@ -109,11 +110,7 @@ def build_tasks(corpora_dir: Path, out_dir: Path) -> dict:
             continue
         splits, describe = build_task(corpus, field, max_classes, min_count)
         for split, rows in splits.items():
-            path = out_dir / f"{name}_{split}.jsonl"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            tmp.replace(path)
+            save_jsonl(rows, out_dir / f"{name}_{split}.jsonl")
         described[name] = describe
-    (out_dir / "tasks.json").write_text(json.dumps({"rules": RULES, "tasks": described},
-                                                   indent=2) + "\n")
+    save_json({"rules": RULES, "tasks": described}, out_dir / "tasks.json")
     return described

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 from tokenizers import ByteLevelBPETokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from rtune_ds.data.corpus import load_texts
+from rtune_ds.io import staged_dir
 
 SPECIALS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>",
             "unk_token": "<unk>", "mask_token": "<mask>"}
@@ -20,7 +19,8 @@ def tokenizer_hash(tokenizer) -> str:
 
 
 def train_tokenizer(paths: list[str], text_field: str, vocab_size: int, out_dir: Path):
-    """Train a byte-level BPE on the texts of `paths`; save an HF tokenizer dir (write, rename)."""
+    """Train a byte-level BPE on the texts of `paths`; save an HF tokenizer dir (staged). When
+    another rank or run finished `out_dir` first, its tokenizer (the same one) is kept."""
     bpe = ByteLevelBPETokenizer()
 
     def texts():
@@ -31,13 +31,8 @@ def train_tokenizer(paths: list[str], text_field: str, vocab_size: int, out_dir:
     bpe.train_from_iterator(texts(), vocab_size=vocab_size, min_frequency=2,
                             special_tokens=list(SPECIALS.values()))
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, **SPECIALS)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=".tmp-tok-"))
-    tok.save_pretrained(str(tmp))
-    try:
-        os.replace(tmp, out_dir)
-    except OSError:  # another rank or run finished first; its tokenizer is identical
-        pass
+    with staged_dir(out_dir, first_wins=True) as tmp:
+        tok.save_pretrained(str(tmp))
     return load_tokenizer(out_dir)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from rtune_ds import dist
 from rtune_ds.artifacts import checkpoint
 from rtune_ds.artifacts.checkpoint import needs_universal, resume_tag_of
+from rtune_ds.artifacts.run_dir import hold_run_dir
 from rtune_ds.config.checks import resolve_batch
 from rtune_ds.config.ds_config import read_ds_config, resolve_ds_config
 from rtune_ds.config.schema import RunConfig
@@ -15,10 +16,14 @@ from rtune_ds.data.corpus import default_cache_root
 from rtune_ds.data.lm_data import build_lm_data
 from rtune_ds.data.tokenizer import resolve_tokenizer, tokenizer_hash
 from rtune_ds.errors import ConfigError
-from rtune_ds.models.hf_config import hidden_size_of, objective_of
+from rtune_ds.models.hf_config import check_positions, hidden_size_of, objective_of
 from rtune_ds.models.loader import load_local
-from rtune_ds.models.presets import (build_preset, preset_hidden_size, preset_objective,
-                                     preset_vocab_size)
+from rtune_ds.models.presets import (
+    build_preset,
+    preset_hidden_size,
+    preset_objective,
+    preset_vocab_size,
+)
 from rtune_ds.train.schedules import RECIPE_SWITCH_FRACTION, Schedule, make_schedule
 
 
@@ -53,9 +58,12 @@ def plan(cfg: RunConfig, where: str, resume: str | None) -> Plan:
     m = cfg.model
     objective = m.objective or (preset_objective(m.preset) if m.preset else objective_of(m.path))
     hidden = preset_hidden_size(m.preset) if m.preset else hidden_size_of(m.path)
+    if m.path:  # a preset is built with positions for data.seq_len
+        check_positions(m.path, cfg.data.seq_len, "data.seq_len", "per block", where)
     schedule = make_schedule(cfg, where)
     ds_config, precision = resolve_ds_config(ds_in, ds_where, cfg, world, grad_accum,
                                              schedule.peak_lr, hidden)
+    hold_run_dir(cfg.run_dir, where)
     tag = resume_tag_of(Path(cfg.run_dir), resume)
     universal = False
     if tag is not None:

@@ -17,10 +17,9 @@ from rtune_ds.errors import ConfigError
 from rtune_ds.io import save_json
 from rtune_ds.jobs import tuning
 from rtune_ds.models.hf_config import hidden_size_of, read_hf_config
-from rtune_ds.models.loader import load_task_model, meta_task_model
 from rtune_ds.models.zero import weights_digest
-from rtune_ds.recycling.mapping import (Mapping, Policy, apply_mapping, full_shapes,
-                                        mapping_targets, plan_mapping)
+from rtune_ds.recycling import transplant
+from rtune_ds.recycling.mapping import Mapping, Policy
 from rtune_ds.recycling.teacher import build_teacher, teacher_ds_config
 from rtune_ds.train.distill import Distiller
 from rtune_ds.train.inference import frozen_engine
@@ -139,28 +138,10 @@ def prepare(cfg: RunConfig, where: str, resume: str | None, bundle: str, method:
     check_new_base(old, cfg.model.path, force_same_base, where)
     mapping = None
     if method != "distill":  # distill's student starts fresh; only its teacher holds the bundle
-        meta = meta_task_model(cfg.model.path, old.task_type, old.labels,
-                               old.peft_config() if old.kind == "peft" else None)
-        tensors, aliases = mapping_targets(meta, peft=old.kind == "peft")
-        mapping = plan_mapping(old.sources, full_shapes(tensors), policy,
-                               f"{where}: --bundle {bundle} -> {cfg.model.path}", aliases)
+        mapping = transplant.plan(old, cfg.model.path, policy,
+                                  f"{where}: --bundle {bundle} -> {cfg.model.path}")
     teacher = check_teacher(cfg, old, old_base, where) if "distill" in method else None
     return Recycling(method, old, mapping, p, teacher)
-
-
-def build_mapped_model(r: Recycling, tokenizer, data):
-    """The new base as a task model with the bundle mapped onto it (before DeepSpeed starts)."""
-    cfg = r.plan.cfg
-    model, head = load_task_model(cfg.model.path, cfg.task.type, data.label_names,
-                                  tokenizer.pad_token_id, r.plan.ds_config, cfg.seed,
-                                  cfg.model.trust_remote_code)
-    if r.old.kind == "peft":
-        from peft import get_peft_model
-
-        model = get_peft_model(model, r.old.peft_config())
-    tensors, _ = mapping_targets(model, peft=r.old.kind == "peft")
-    apply_mapping(tensors, r.mapping, r.old.read)
-    return model, head
 
 
 def start(r: Recycling):
@@ -178,7 +159,13 @@ def start(r: Recycling):
     if r.method == "distill":
         model, head = tuning.build_model(r.plan, tokenizer, data)
     else:
-        model, head = build_mapped_model(r, tokenizer, data)
+        cfg = r.plan.cfg
+        mapped = transplant.transplant(r.old, cfg.model.path, labels=data.label_names,
+                                       pad_token_id=tokenizer.pad_token_id, where=r.plan.where,
+                                       mapping=r.mapping, ds_config=r.plan.ds_config,
+                                       seed=cfg.seed,
+                                       trust_remote_code=cfg.model.trust_remote_code)
+        model, head = mapped.model, mapped.head
     return tokenizer, data, run_dir, model, head
 
 

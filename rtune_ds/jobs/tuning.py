@@ -10,6 +10,7 @@ from rtune_ds import dist
 from rtune_ds.artifacts.bundle import save_bundle
 from rtune_ds.artifacts.checkpoint import resume_tag_of
 from rtune_ds.artifacts.lineage import lineage_record
+from rtune_ds.artifacts.run_dir import hold_run_dir
 from rtune_ds.config.checks import resolve_batch
 from rtune_ds.config.ds_config import read_ds_config, resolve_ds_config
 from rtune_ds.config.schema import RunConfig
@@ -18,7 +19,11 @@ from rtune_ds.data.tokenizer import load_tokenizer
 from rtune_ds.errors import ConfigError
 from rtune_ds.io import save_json
 from rtune_ds.models.adapters import resolve_peft_targets, wrap_peft
-from rtune_ds.models.hf_config import check_task_architecture, hidden_size_of
+from rtune_ds.models.hf_config import (
+    check_positions,
+    check_task_architecture,
+    hidden_size_of,
+)
 from rtune_ds.models.loader import load_task_model, module_names_of
 from rtune_ds.models.zero import weights_digest
 from rtune_ds.train import engine
@@ -51,6 +56,7 @@ def plan(cfg: RunConfig, where: str, resume: str | None) -> Plan:
     ds_in, ds_where = read_ds_config(cfg.deepspeed)
     task = cfg.task
     model_type = check_task_architecture(cfg.model.path, task.type, where)
+    check_positions(cfg.model.path, task.max_len, "task.max_len", "per example", where)
     targets = resolve_peft_targets(cfg.tuning, model_type,
                                    module_names_of(cfg.model.path, task.type), where)
     schedule = make_schedule(cfg, where)
@@ -58,6 +64,7 @@ def plan(cfg: RunConfig, where: str, resume: str | None) -> Plan:
                                              schedule.peak_lr, hidden_size_of(cfg.model.path))
     best = task.best_metric or DEFAULT_BEST[task.type]
     mode = "min" if "loss" in best else "max"
+    hold_run_dir(cfg.run_dir, where)
     return Plan(cfg, where, schedule, ds_config, precision, grad_accum,
                 resume_tag_of(Path(cfg.run_dir), resume), model_type, targets, best, mode)
 

@@ -29,8 +29,10 @@ def hidden_size_of(path: str | Path) -> int:
 
 def check_task_architecture(path: str | Path, task_type: str, where: str) -> str:
     """The base's model_type, if transformers has a model of it for the task; else a ConfigError."""
-    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-                                                        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    )
 
     model_type = read_hf_config(path).get("model_type")
     archs = " ".join(read_hf_config(path).get("architectures") or [])
@@ -45,3 +47,26 @@ def check_task_architecture(path: str | Path, task_type: str, where: str) -> str
                           f"form for task.type '{task_type}'")
     return model_type
 
+
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length",
+                 "seq_length", "max_seq_len")
+# learned positions that start after the padding index (RoBERTa's position ids), so
+# max_position_embeddings less padding_idx + 1 of them are left for the tokens
+PADDING_OFFSET_TYPES = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer",
+                        "ibert", "data2vec-text", "roberta-prelayernorm", "xmod", "mpnet")
+
+
+def check_positions(path: str, length: int, key: str, what: str, where: str) -> None:
+    """`length` tokens must fit the positions of the model at `path` (its config.json), or the
+    first batch crashes (learned positions) or runs for ever (a far too long block)."""
+    hf = read_hf_config(path)
+    key_found = next((k for k in POSITION_KEYS if isinstance(hf.get(k), int)), None)
+    if key_found is None:
+        return
+    limit, why = hf[key_found], f"config.json {key_found}"
+    if hf.get("model_type") in PADDING_OFFSET_TYPES:
+        offset = (hf.get("pad_token_id") or 0) + 1
+        limit, why = limit - offset, f"{why} {hf[key_found]} less the padding offset {offset}"
+    if length > limit:
+        raise ConfigError(f"{where}: key '{key}': {length} tokens {what}, but the model at {path} "
+                          f"takes at most {limit} ({why})")

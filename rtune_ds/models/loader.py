@@ -11,20 +11,31 @@ from transformers.integrations import HfDeepSpeedConfig
 from rtune_ds.errors import ConfigError
 
 
-def load_local(path: str | Path, objective: str, ds_config: dict | None = None,
-               trust_remote_code: bool = False):
-    """Load a local HF directory. Under ZeRO-3 every rank loads only its shard: transformers
-    reads the live HfDeepSpeedConfig and builds the model inside zero.Init."""
-    auto = AutoModelForCausalLM if objective == "clm" else AutoModelForMaskedLM
+def from_local(auto, path: str | Path, what: str, ds_config: dict | None = None,
+               trust_remote_code: bool = False, **kwargs) -> tuple[torch.nn.Module, set[str]]:
+    """Every model read from a local HF directory goes through here: (model, the names the
+    checkpoint did not hold). Under ZeRO-3 each rank loads only its shard: transformers reads the
+    live HfDeepSpeedConfig and builds the model inside zero.Init. `what` names what was asked for
+    in the error."""
     zero3 = ds_config is not None and ds_config.get("zero_optimization", {}).get("stage") == 3
-    hf_ds_config = HfDeepSpeedConfig(ds_config) if zero3 else None  # must live during loading
+    # transformers holds it only by a weak reference: it must stay alive during from_pretrained
+    hf_ds_config = HfDeepSpeedConfig(ds_config) if zero3 else None
     try:
-        return auto.from_pretrained(str(path), dtype=torch.float32,
-                                    trust_remote_code=trust_remote_code)
+        model, info = auto.from_pretrained(str(path), dtype=torch.float32,
+                                           trust_remote_code=trust_remote_code,
+                                           output_loading_info=True, **kwargs)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"{path}: cannot load a model for objective '{objective}': {err}") from None
+        raise ConfigError(f"{path}: cannot load a model for {what}: {err}") from None
     finally:
         del hf_ds_config
+    return model, set(info["missing_keys"])
+
+
+def load_local(path: str | Path, objective: str, ds_config: dict | None = None,
+               trust_remote_code: bool = False):
+    """A base model (causal or masked LM) for pretraining, ZeRO-3 aware."""
+    auto = AutoModelForCausalLM if objective == "clm" else AutoModelForMaskedLM
+    return from_local(auto, path, f"objective '{objective}'", ds_config, trust_remote_code)[0]
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -34,10 +45,13 @@ def count_parameters(model: torch.nn.Module) -> int:
 def task_auto_class(task_type: str):
     from transformers import AutoModelForSequenceClassification
 
-    return AutoModelForSequenceClassification if task_type == "classification" else AutoModelForCausalLM
+    if task_type == "classification":
+        return AutoModelForSequenceClassification
+    return AutoModelForCausalLM
 
 
-def task_model_kwargs(task_type: str, label_names: list[str] | None, pad_token_id: int | None) -> dict:
+def task_model_kwargs(task_type: str, label_names: list[str] | None,
+                      pad_token_id: int | None) -> dict:
     if task_type != "classification":
         return {}
     return {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
@@ -90,17 +104,10 @@ def load_task_model(path: str | Path, task_type: str, label_names: list[str] | N
                     trust_remote_code: bool = False):
     """(model, head parameter names). Under ZeRO-3 each rank loads only its shard. The head (the
     parameters a classifier adds to the base) is initialised from the seed."""
-    zero3 = ds_config is not None and ds_config.get("zero_optimization", {}).get("stage") == 3
-    hf_ds_config = HfDeepSpeedConfig(ds_config) if zero3 else None  # must live during loading
-    try:
-        model, info = task_auto_class(task_type).from_pretrained(
-            str(path), dtype=torch.float32, trust_remote_code=trust_remote_code,
-            output_loading_info=True, **task_model_kwargs(task_type, label_names, pad_token_id))
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{path}: cannot load a model for task.type '{task_type}': {err}") from None
-    finally:
-        del hf_ds_config
-    head = sorted(set(info["missing_keys"]) & {n for n, _ in model.named_parameters()})
+    model, missing = from_local(task_auto_class(task_type), path, f"task.type '{task_type}'",
+                                ds_config, trust_remote_code,
+                                **task_model_kwargs(task_type, label_names, pad_token_id))
+    head = sorted(missing & {n for n, _ in model.named_parameters()})
     init_head(model, head, seed)
     return model, head
 

@@ -31,13 +31,18 @@ import torch
 from tqdm import tqdm
 
 from rtune_ds import dist
-from rtune_ds.analysis.connectivity import barrier, higher_is_better, interpolate, lambdas
+from rtune_ds.analysis.connectivity import (
+    barrier,
+    higher_is_better,
+    interpolate,
+    lambdas,
+)
 from rtune_ds.analysis.convergence import steps_to_target, threshold
 from rtune_ds.analysis.distance import parameter_distances
 from rtune_ds.analysis.similarity import LN2, attention_js
-from rtune_ds.artifacts.bundle import apply_bundle, read_bundle
+from rtune_ds.artifacts.bundle import read_bundle
 from rtune_ds.artifacts.lineage import fingerprint
-from rtune_ds.artifacts.run_dir import write_run_files
+from rtune_ds.artifacts.run_dir import hold_run_dir, write_run_files
 from rtune_ds.config.load import load_run_config
 from rtune_ds.config.schema import RunConfig
 from rtune_ds.data.examples import load_task
@@ -48,6 +53,7 @@ from rtune_ds.jobs import tuning
 from rtune_ds.models.loader import load_task_model, meta_task_model
 from rtune_ds.models.zero import write_weights
 from rtune_ds.recycling.mapping import full_shapes, mapping_targets
+from rtune_ds.recycling.merge import apply_bundle
 from rtune_ds.train.inference import frozen_engine
 from rtune_ds.train.monitor import Monitor, read_metrics
 
@@ -234,6 +240,7 @@ def similarity(cfg: RunConfig, where: str, pairs: list[Pair], max_examples: int,
     adopt_task(cfg, where, pairs)
     tokenizer_dir = cfg.model.tokenizer or cfg.model.path
     check_tokenizers(pairs, tokenizer_dir)
+    hold_run_dir(cfg.run_dir, where)
     if not dist.is_main():
         return None
     tokenizer = load_tokenizer(tokenizer_dir)

@@ -27,6 +27,7 @@ from rtune_ds.config.ds_config import read_ds_config
 from rtune_ds.config.schema import RunConfig
 from rtune_ds.data.blend import Blend
 from rtune_ds.errors import ConfigError
+from rtune_ds.io import save_json
 from rtune_ds.jobs.pretraining import build_model, load_inputs, plan
 from rtune_ds.train import engine
 from rtune_ds.train.objectives import lm_loss, make_objective
@@ -134,11 +135,8 @@ def _report(p, name: str, report: dict) -> dict:
               "zero_stage": p.ds_config["zero_optimization"]["stage"],
               "world_size": dist.world_size(), "seq_len": p.cfg.data.seq_len, **report}
     if dist.is_main():
-        text = json.dumps(report, indent=2)
-        bench_dir = Path(p.cfg.run_dir) / "bench"
-        bench_dir.mkdir(parents=True, exist_ok=True)
-        (bench_dir / f"{name}.json").write_text(text + "\n")
-        print(text)
+        save_json(report, Path(p.cfg.run_dir) / "bench" / f"{name}.json")
+        print(json.dumps(report, indent=2))
     return report
 
 

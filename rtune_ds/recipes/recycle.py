@@ -18,7 +18,14 @@ from __future__ import annotations
 
 from rtune_ds.config.schema import RunConfig
 from rtune_ds.jobs import tuning
-from rtune_ds.jobs.recycling import compat, distiller, lineage_of, prepare, record_teacher, start
+from rtune_ds.jobs.recycling import (
+    compat,
+    distiller,
+    lineage_of,
+    prepare,
+    record_teacher,
+    start,
+)
 from rtune_ds.models.zero import weights_digest
 from rtune_ds.recycling.mapping import Policy
 

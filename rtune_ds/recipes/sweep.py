@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rtune_ds.config.load import load_run_config
 from rtune_ds.errors import ConfigError
+from rtune_ds.io import save_json, save_text
 from rtune_ds.launch import launcher_command, run_launch
 
 LOSS_TOLERANCE = 1e-3  # absolute, on the final eval loss: ZeRO stages only reorder reductions
@@ -61,8 +62,8 @@ def run(job: str, ds_configs: list[str], nproc: int, out: str, overrides: list[s
     agree = max(losses) - min(losses) <= LOSS_TOLERANCE
     report = {"job": job, "nproc": nproc, "loss_tolerance": LOSS_TOLERANCE,
               "losses_agree": agree, "rows": rows}
-    (out_dir / "sweep.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "sweep.md").write_text(markdown(rows, agree))
+    save_json(report, out_dir / "sweep.json")
+    save_text(markdown(rows, agree), out_dir / "sweep.md")
     _tensorboard(out_dir, rows)
     print(markdown(rows, agree))
     return report

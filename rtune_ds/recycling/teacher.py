@@ -12,9 +12,7 @@ from __future__ import annotations
 from rtune_ds.artifacts.bundle import OldWeights
 from rtune_ds.config.ds_config import read_ds_config, resolve_ds_config
 from rtune_ds.config.schema import RunConfig
-from rtune_ds.models.loader import load_task_model
-from rtune_ds.recycling.mapping import (Policy, apply_mapping, full_shapes, mapping_targets,
-                                        plan_mapping)
+from rtune_ds.recycling.transplant import transplant
 from rtune_ds.resources import DS_CONFIGS
 from rtune_ds.train.inference import frozen_engine, inference_config
 
@@ -31,13 +29,6 @@ def teacher_ds_config(cfg: RunConfig, world: int, grad_accum: int, peak_lr: floa
 def build_teacher(old: OldWeights, old_base: str, label_names: list[str] | None,
                   pad_token_id: int | None, ds_config: dict, seed: int):
     """The old model under its own frozen DeepSpeed engine (ZeRO-3: each rank loads its shard)."""
-    model, _ = load_task_model(old_base, old.task_type, label_names, pad_token_id, ds_config, seed)
-    if old.kind == "peft":
-        from peft import get_peft_model
-
-        model = get_peft_model(model, old.peft_config())
-    tensors, aliases = mapping_targets(model, peft=old.kind == "peft")
-    mapping = plan_mapping(old.sources, full_shapes(tensors), Policy(), str(old.path), aliases)
-    apply_mapping(tensors, mapping, old.read)
+    model = transplant(old, old_base, labels=label_names, pad_token_id=pad_token_id,
+                       where=str(old.path), ds_config=ds_config, seed=seed).model
     return frozen_engine(model, ds_config)
-

@@ -93,11 +93,15 @@ def update_left_out(engine):
     torch optimizer it was given, so leaving out that optimizer's step() skips the update at any
     stage, offloaded or not, and leaves the optimizer state untouched."""
     optimizer = engine.basic_optimizer
+    own = vars(optimizer).get("step")  # the LR scheduler's wrapper of step(), which it checks for
     optimizer.step = lambda *args, **kwargs: None
     try:
         yield
     finally:
-        del optimizer.step
+        if own is None:
+            del optimizer.step
+        else:
+            optimizer.step = own
 
 
 def finite_grads(module: torch.nn.Module) -> bool:

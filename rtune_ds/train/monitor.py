@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rtune_ds import dist
-from rtune_ds.io import save_text
+from rtune_ds.io import append_jsonl, save_text
 
 
 class Monitor:
@@ -35,8 +35,7 @@ class Monitor:
             return
         for key, value in scalars.items():
             self.writer.add_scalar(key, value, step)
-        with open(self.metrics_path, "a") as fh:
-            fh.write(json.dumps({"step": step, **scalars}) + "\n")
+        append_jsonl({"step": step, **scalars}, self.metrics_path)
 
     def advance(self, step: int, loss: float | None = None) -> None:
         if self.bar is not None:
