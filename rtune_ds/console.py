@@ -38,25 +38,39 @@ def console(level: str) -> None:
     _DEEPSPEED_FILTER.level = numeric
     if _DEEPSPEED_FILTER not in ds.filters:
         ds.addFilter(_DEEPSPEED_FILTER)
+    quiet = {"TRANSFORMERS_VERBOSITY": "error", "DATASETS_VERBOSITY": "error",
+             "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
     if numeric < logging.WARNING:  # DeepSpeed sets its logger to WARNING when it is imported
         from deepspeed.utils.logging import set_log_level_from_string
 
         set_log_level_from_string(level)
+        # a quiet rtune earlier in this process (tests, the demo's one launch) left these behind
+        # for every process started from here
+        for var, value in quiet.items():
+            if os.environ.get(var) == value:
+                del os.environ[var]
+        _libraries(level)
         return
-    quiet = {"TRANSFORMERS_VERBOSITY": "error", "DATASETS_VERBOSITY": "error",
-             "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
     for var, value in quiet.items():  # read when the libraries are imported; a user's own wins
         os.environ.setdefault(var, value)
-    if "transformers" in sys.modules:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
-    if "datasets" in sys.modules:
-        import datasets
-
-        datasets.logging.set_verbosity_error()
-        datasets.disable_progress_bars()
+    _libraries("error")
     for category in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category,
                                 module=r"(transformers|deepspeed|peft|datasets|torch)\b")
+
+
+def _libraries(level: str) -> None:
+    """transformers' and datasets' verbosity and progress bars, where this process imported them
+    already (a fresh import reads the environment)."""
+    bars = level != "error"
+    if "transformers" in sys.modules:
+        import transformers
+
+        transformers.logging.set_verbosity(getattr(transformers.logging, level.upper()))
+        (transformers.logging.enable_progress_bar if bars
+         else transformers.logging.disable_progress_bar)()
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.logging.set_verbosity(getattr(datasets.logging, level.upper()))
+        (datasets.enable_progress_bars if bars else datasets.disable_progress_bars)()

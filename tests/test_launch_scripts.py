@@ -92,10 +92,15 @@ def test_slurm_derives_master_and_node_rank(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_console_is_quiet_unless_verbose(tmp_path, cache_dir):
+def test_the_console_is_quiet_unless_verbose(tmp_path, cache_dir, monkeypatch):
     """Two ranks under single_node.sh: by default no INFO lines (launcher or ranks), no library
     load reports, progress bars or deprecation notices, and one progress bar, rank 0's; with
-    --verbose the ranks' DeepSpeed INFO lines and the libraries' reports come back."""
+    --verbose the ranks' DeepSpeed INFO lines and the libraries' reports come back, even from a
+    process where a quiet rtune ran in-process before (it leaves its settings in the
+    environment every later launch inherits)."""
+    for var, value in (("TRANSFORMERS_VERBOSITY", "error"), ("DATASETS_VERBOSITY", "error"),
+                       ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
+        monkeypatch.setenv(var, value)
     base = tiny_base(cache_dir)
     env = {k: v for k, v in base_env(cache_dir).items() if k != "RTUNE_NO_PROGRESS"}
     env.update(RTUNE_LAUNCHER=str(DEEPSPEED), RTUNE_PYTHON=sys.executable, NPROC="2")
