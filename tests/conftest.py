@@ -168,3 +168,73 @@ def recycle(env, name, bundle, base, method="compat", nproc=1, ds="zero0", extra
     return rtune(["recycle", "--config", str(cfg), "--ds-config", f"ds_configs/{ds}.json",
                   "--method", method, "--bundle", str(bundle), "--base", str(base), *extra],
                  cache, nproc)
+
+
+WORDPIECE_SPECIALS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
+                      "sep_token": "[SEP]", "mask_token": "[MASK]"}
+
+
+def wordpiece_tokenizer(out_dir: Path) -> Path:
+    """A small uncased WordPiece tokenizer trained on the fixtures ([PAD]=0, no BOS/EOS), saved as
+    real BERT checkpoints are, with the truncation and padding (Fixed 128) settings the released
+    all-MiniLM-L6-v2 tokenizer.json carries. Built once: an existing `out_dir` is kept."""
+    if (out_dir / "tokenizer.json").is_file():
+        return out_dir
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers.trainers import WordPieceTrainer
+    from transformers import BertTokenizerFast
+
+    from rtune_ds.io import save_json, save_text, staged_dir
+
+    texts = [json.loads(line)["text"] for name in ("general.jsonl", "cls_train.jsonl")
+             for line in (FIXTURES / name).read_text().splitlines() if line.strip()]
+    wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wp.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = WordPieceTrainer(vocab_size=1000, special_tokens=list(WORDPIECE_SPECIALS.values()))
+    wp.train_from_iterator(texts, trainer)
+    cls, sep = wp.token_to_id("[CLS]"), wp.token_to_id("[SEP]")
+    wp.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    wp.decoder = decoders.WordPiece()
+    wp.enable_truncation(max_length=128)
+    wp.enable_padding(length=128, pad_id=0, pad_token="[PAD]")
+    tok = BertTokenizerFast(tokenizer_object=wp, do_lower_case=True, model_max_length=512,
+                            **WORDPIECE_SPECIALS)
+    vocab = sorted(wp.get_vocab().items(), key=lambda kv: kv[1])
+    with staged_dir(out_dir, first_wins=True) as tmp:
+        tok.save_pretrained(str(tmp))
+        # transformers 5 writes only tokenizer.json and tokenizer_config.json; released BERT
+        # checkpoints also hold these two
+        save_json(tok.special_tokens_map, tmp / "special_tokens_map.json")
+        save_text("".join(f"{token}\n" for token, _ in vocab), tmp / "vocab.txt")
+    return out_dir
+
+
+def tiny_bert_base(cache_dir: Path) -> Path:
+    """A tiny BERT saved as released encoders are (all-MiniLM-L6-v2): `BertModel` weights (seeded)
+    with a pooler and no MLM head, architectures ['BertModel'], beside the WordPiece tokenizer's
+    files as written (no EOS). Built once per test session."""
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from rtune_ds.io import staged_dir
+
+    out = cache_dir / "bases" / "bert-tiny"
+    if (out / "config.json").is_file():
+        return out
+    tok_dir = wordpiece_tokenizer(cache_dir / "bases" / "wordpiece")
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    config = BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=128, max_position_embeddings=128,
+                        pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = BertModel(config)
+    with staged_dir(out, first_wins=True) as tmp:
+        model.save_pretrained(str(tmp))
+        for file in tok_dir.iterdir():
+            shutil.copy(file, tmp)
+    return out

@@ -67,6 +67,15 @@ def validate(cfg: RunConfig, where: str, command: str = "pretrain") -> None:
         _require(Path(m.tokenizer).is_dir(), where, "model.tokenizer",
                  f"tokenizer directory not found: {m.tokenizer}")
     _require(0 < m.mlm_probability < 1, where, "model.mlm_probability", "must be in (0, 1)")
+    if m.head_warmup_steps is not None:
+        _require(m.head_warmup_steps >= 0, where, "model.head_warmup_steps",
+                 f"must be >= 0, got {m.head_warmup_steps}")
+        _require(m.preset is None or m.head_warmup_steps == 0, where, "model.head_warmup_steps",
+                 "a preset is built from scratch (every parameter is new, none to protect); "
+                 "set 0 or leave it out")
+    if m.head_warmup_lr is not None:
+        _require(m.head_warmup_lr > 0, where, "model.head_warmup_lr",
+                 f"must be > 0, got {m.head_warmup_lr}")
     if command == "finetune":
         validate_task(cfg, where)
         validate_distill(cfg, where)

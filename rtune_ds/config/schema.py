@@ -31,6 +31,10 @@ class ModelConfig:
     mlm_probability: float = 0.15
     trust_remote_code: bool = False
     architecture: str | None = None  # the HF model_type model.path must have (llama, roberta, ...)
+    # pretrain: steps that train only a head the checkpoint lacks (e.g. BERT's MLM head), the
+    # rest frozen, before the schedule; None: 10% of train.max_steps (1..100) if one is missing
+    head_warmup_steps: int | None = None
+    head_warmup_lr: float | None = None  # their constant LR; None: the schedule's peak LR
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -22,7 +23,7 @@ datasets.disable_progress_bars()
 LOADERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json",
            ".parquet": "parquet"}
 SPLIT_SEED = 1234  # fixed, so every run (and every model version) holds out the same blocks
-PACKING_RULE_VERSION = 1  # bump when pack() would cut other blocks from the same tokens
+PACKING_RULE_VERSION = 2  # bump when pack() would cut other blocks from the same tokens
 
 
 def default_cache_root() -> Path:
@@ -78,18 +79,60 @@ def loader_is_text(path: Path) -> bool:
     return path.is_file() and LOADERS.get(path.suffix) == "text"
 
 
+@dataclass(frozen=True)
+class PackingRule:
+    """How documents are joined: `end` after each one; with `cls`, every block is framed
+    [CLS] ... [SEP] (end = [SEP])."""
+    end: int
+    cls: int | None = None
+
+
+def packing_rule(tokenizer, where: str = "") -> PackingRule:
+    """The tokenizer's own convention: EOS after each document (causal LMs, byte-level BPE), or
+    BERT's [SEP] between documents with every block framed [CLS] ... [SEP] (WordPiece has no EOS).
+    A tokenizer with neither cannot mark where a document ends, so it is refused by name."""
+    if tokenizer.eos_token_id is not None:
+        return PackingRule(tokenizer.eos_token_id)
+    if tokenizer.cls_token_id is not None and tokenizer.sep_token_id is not None:
+        return PackingRule(tokenizer.sep_token_id, tokenizer.cls_token_id)
+    missing = [name for name in ("cls_token", "sep_token")
+               if getattr(tokenizer, f"{name}_id") is None]
+    name = tokenizer.name_or_path or type(tokenizer).__name__
+    raise ConfigError(f"{where + ': ' if where else ''}tokenizer {name}: cannot pack documents: it "
+                      f"has no eos_token and no {' or '.join(missing)} (packing needs an EOS, or "
+                      "[CLS] and [SEP] as BERT tokenizers have)")
+
+
 def pack(texts: datasets.Dataset, tokenizer, seq_len: int) -> datasets.Dataset:
-    """Tokenise every document, end it with EOS, concatenate, cut into blocks of seq_len."""
-    eos = tokenizer.eos_token_id
+    """Tokenise every document, end it by the packing rule, concatenate, cut into blocks of seq_len
+    (framed [CLS] ... [SEP] for BERT-style tokenizers); the tail shorter than a block is dropped."""
+    rule = packing_rule(tokenizer)
+    body = seq_len - 2 if rule.cls is not None else seq_len
+    if body < 1:
+        raise ConfigError(f"data.seq_len={seq_len}: too short for blocks framed [CLS] ... [SEP] "
+                          f"by tokenizer {tokenizer.name_or_path}")
 
     def tokenize(batch):
-        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-        return {"ids": [doc + [eos] for doc in ids]}
+        # verbose=False: documents longer than model_max_length are expected, they are cut below
+        ids = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
+        # an empty document would put two separators in a row inside a framed block
+        return {"ids": [doc + [rule.end] for doc in ids if doc or rule.cls is None]}
 
     def group(batch):
         flat = [tok for doc in batch["ids"] for tok in doc]
-        usable = len(flat) // seq_len * seq_len
-        return {"input_ids": [flat[i:i + seq_len] for i in range(0, usable, seq_len)]}
+        if rule.cls is None:
+            usable = len(flat) // seq_len * seq_len
+            return {"input_ids": [flat[i:i + seq_len] for i in range(0, usable, seq_len)]}
+        blocks, i = [], 0
+        while True:
+            # a separator at a block's start is dropped: the previous block's closing [SEP]
+            # already marks that boundary, and "[CLS] [SEP]" would be an empty document
+            while i < len(flat) and flat[i] == rule.end:
+                i += 1
+            if i + body > len(flat):
+                return {"input_ids": blocks}
+            blocks.append([rule.cls, *flat[i:i + body], rule.end])
+            i += body
 
     tokens = texts.map(tokenize, batched=True, remove_columns=["text"])
     # one group for the whole corpus, so no tokens are lost at map-batch boundaries

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from rtune_ds.config.schema import DataConfig, Source
-from rtune_ds.data.corpus import content_hash, packed_blocks, split_blocks
+from rtune_ds.data.corpus import content_hash, packed_blocks, packing_rule, split_blocks
 from rtune_ds.errors import ConfigError
 
 
@@ -39,6 +39,7 @@ def _unique_names(paths: list[str]) -> list[str]:
 
 def build_lm_data(data: DataConfig, tokenizer, tokenizer_hash: str, cache_root: Path,
                   eval_max_blocks: int, where: str) -> LMData:
+    packing_rule(tokenizer, where)  # before any source is read or packed
     phase_sources: list[list[Source]] = [data.train] + ([data.switch.train] if data.switch else [])
     paths: list[str] = []
     for sources in phase_sources:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from tokenizers import ByteLevelBPETokenizer
@@ -14,8 +15,24 @@ SPECIALS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>",
             "unk_token": "<unk>", "mask_token": "<mask>"}
 
 
+# What decides the ids of a text: the post-processor too, since it picks the special ids placed
+# around every encoded sequence. Not truncation or padding (call-time settings that released
+# tokenizer.json files carry and an export or a first call drops), nor the decoder (ids -> text).
+ID_DECIDING = ("model", "normalizer", "pre_tokenizer", "post_processor", "added_tokens")
+
+
 def tokenizer_hash(tokenizer) -> str:
-    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+    """A digest of what maps text to token ids: the backend's model (vocab, merges, unk, subword
+    prefix...), normalizer, pre-tokenizer, post-processor and added tokens with their ids, and the
+    ids of the special-token roles (which id ends a document, masks, pads)."""
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    parts = {key: backend.get(key) for key in ID_DECIDING}
+    model = parts["model"] or {}
+    if isinstance(model.get("merges"), list):  # "a b" (older tokenizers) or ["a", "b"]
+        model["merges"] = [m.split(" ", 1) if isinstance(m, str) else m for m in model["merges"]]
+    parts["roles"] = {role: tokenizer.convert_tokens_to_ids(tok)
+                      for role, tok in tokenizer.special_tokens_map.items()}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def train_tokenizer(paths: list[str], text_field: str, vocab_size: int, out_dir: Path):

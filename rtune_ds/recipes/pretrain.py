@@ -2,8 +2,11 @@
 
 1. check everything that needs no compute (config, DeepSpeed JSON, batch sizes, resume target);
 2. start the ranks; get the tokenizer and the packed data (rank 0 fills the caches);
-3. record the resolved configs in the run dir; build or load the model;
-4. run the one training loop; export the model with its lineage when the schedule is done.
+3. record the resolved configs in the run dir; build or load the model (a head the checkpoint
+   lacks is initialised from the seed);
+4. on a fresh start, warm up such a head alone (the one loop, the rest frozen);
+5. run the one training loop; export the model with its lineage when the schedule is done,
+   carrying the parent's tensors the trained model does not hold.
 """
 from __future__ import annotations
 
@@ -48,6 +51,12 @@ def run(cfg: RunConfig, where: str, resume: str | None, command: str) -> engine.
         tokens_per_sample=cfg.data.seq_len, stop_after=t.stop_after, eval_every=t.eval_every,
         save_every=t.save_every, log_every=t.log_every, resume_tag=resume_tag,
         nonfinite=t.nonfinite)
+    warmup = pretraining.warm_up_head(p, model, source, run_dir)
+    if warmup is not None and warmup.stopped_by_signal:
+        if dist.is_main():
+            print(f"rtune: stopped by a signal in the head warm-up (step {warmup.step}); nothing "
+                  "was saved: a relaunch starts again from the warm-up", file=sys.stderr)
+        return warmup
     result = engine.train(model, spec, source, lm_loss,
                           lambda module: evaluate_lm(module, data.eval_sets, objective,
                                                      t.micro_batch_size))
@@ -72,8 +81,9 @@ def finish(p: pretraining.Plan, result: engine.TrainResult, tokenizer, data: LMD
          "schedule": {"kind": p.cfg.train.schedule, "peak_lr": s.peak_lr, "min_lr": s.min_lr,
                       "warmup_steps": s.warmup_steps, "total_steps": s.total_steps,
                       "switch_step": p.switch_step},
-         "final_eval": result.last_eval})
-    export_hf(result.engine, tokenizer, run_dir / "final", lineage)
+         "final_eval": result.last_eval,
+         "new_head": pretraining.head_lineage(p, run_dir)})
+    export_hf(result.engine, tokenizer, run_dir / "final", lineage, p.cfg.model.path)
     if dist.is_main():
         save_json({"step": result.step, "tokens": result.tokens, "world_size": dist.world_size(),
                    "zero_stage": p.ds_config["zero_optimization"]["stage"],
