@@ -155,6 +155,17 @@ def parser() -> argparse.ArgumentParser:
     bkd.add_argument("--steps", type=int, default=20)
     bkd.add_argument("--out", default="runs/bench_distill", help="two run dirs and the JSON")
     bkd.add_argument("overrides", nargs="*", help="dotted overrides for both runs")
+    bpad = bench.add_parser("padding", help="fine-tuning: padding to the split's longest vs per "
+                            "micro-batch in length-grouped batches; real-token fraction, tokens/s")
+    _add_run_args(bpad)
+    bpad.add_argument("--steps", type=int, default=20)
+    bpad.add_argument("--warmup", type=int, default=3)
+    bpad.add_argument("--repeats", type=int, default=3)
+    bmlm = bench.add_parser("mlm", help="MLM training tokens/s: the head on the masked rows "
+                            "only vs the full head (1 rank)")
+    _add_run_args(bmlm)
+    for flag, default in (("--steps", 20), ("--warmup", 3), ("--repeats", 3)):
+        bmlm.add_argument(flag, type=int, default=default)
     cmp = bench.add_parser("compare", help="trainer vs HF Trainer vs plain DDP (under the launcher)")
     _add_run_args(cmp)
     cmp.add_argument("--steps", type=int, default=30)
@@ -282,6 +293,16 @@ def main(argv: list[str] | None = None) -> int:
 
             bench_distill.run(args.config, args.ds_config, args.bundle, args.base, args.nproc,
                               args.steps, args.out, args.overrides)
+        elif args.command == "bench" and args.bench_command == "padding":
+            cfg, where = run_config(args, "finetune")
+            from rtune_ds.recipes import bench_padding
+
+            bench_padding.run(cfg, where, args.steps, args.warmup, args.repeats)
+        elif args.command == "bench" and args.bench_command == "mlm":
+            cfg, where = run_config(args)
+            from rtune_ds.recipes import bench_mlm
+
+            bench_mlm.run(cfg, where, args.steps, args.warmup, args.repeats)
         elif args.command == "bench" and args.bench_command == "mapping":
             from rtune_ds.recipes import bench_mapping
 

@@ -94,7 +94,8 @@ def build_model(p: Plan, tokenizer, data: TaskData):
 def evaluator(p: Plan, data: TaskData, tokenizer, split: str):
     examples, micro = data.splits[split], p.cfg.train.micro_batch_size
     if p.cfg.task.type == "classification":
-        return lambda module: evaluate_classification(module, examples, micro, len(data.label_names))
+        return lambda module: evaluate_classification(module, examples, micro,
+                                                      len(data.label_names))
     return lambda module: evaluate_sft(module, examples, micro, p.cfg.task.max_new_tokens,
                                       tokenizer.pad_token_id)
 
@@ -105,15 +106,17 @@ def tune(p: Plan, model, head: list[str], tokenizer, data: TaskData, command: st
     gets `lineage` as extra keys). `loss`: the task's own loss unless another objective is given."""
     cfg = p.cfg
     loss = loss or (classification_loss if cfg.task.type == "classification" else lm_loss)
-    t = cfg.train
+    t, train = cfg.train, data.splits["train"]
     spec = engine.LoopSpec(
         run_dir=Path(cfg.run_dir), ds_config=p.ds_config, schedule=p.schedule,
         max_steps=t.max_steps, micro_batch=t.micro_batch_size, grad_accum=p.grad_accum,
-        tokens_per_sample=data.splits["train"].input_ids.shape[1], stop_after=t.stop_after,
+        # real (non-pad) tokens: exact over whole epochs, which visit every example once; the
+        # source logs each step's own count as data/real_tokens
+        tokens_per_sample=train.lengths.double().mean().item(), stop_after=t.stop_after,
         eval_every=t.eval_every, save_every=t.save_every, log_every=t.log_every,
         resume_tag=p.resume_tag, best_metric=p.best_metric, best_mode=p.best_mode,
         nonfinite=t.nonfinite)
-    result = engine.train(model, spec, ExampleSource(data.splits["train"], cfg.seed), loss,
+    result = engine.train(model, spec, ExampleSource(train, cfg.seed), loss,
                           evaluator(p, data, tokenizer, "dev"))
     if result.finished:
         finish(p, result, tokenizer, data, head, command, lineage or {})

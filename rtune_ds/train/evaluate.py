@@ -11,7 +11,7 @@ import math
 import torch
 
 from rtune_ds import dist
-from rtune_ds.train.objectives import IGNORE, LMObjective
+from rtune_ds.train.objectives import IGNORE, LMObjective, lm_loss
 
 EVAL_KEY_OFFSET = 1 << 40  # eval masks never coincide with a training sample's
 
@@ -19,7 +19,8 @@ EVAL_KEY_OFFSET = 1 << 40  # eval masks never coincide with a training sample's
 @torch.no_grad()
 def evaluate_lm(model: torch.nn.Module, eval_sets: dict[str, torch.Tensor], objective: LMObjective,
                 micro_batch: int) -> dict[str, float]:
-    """Token-weighted mean loss and perplexity per eval set, plus their overall mean."""
+    """Token-weighted mean loss and perplexity per eval set, plus their overall mean (the loss
+    of `lm_loss`, the one training takes)."""
     world, rank = dist.world_size(), dist.rank()
     objective = dataclasses.replace(objective, seed=0)  # the same masks for every run and model
     sums = torch.zeros(2 * len(eval_sets), dtype=torch.float64)
@@ -31,7 +32,7 @@ def evaluate_lm(model: torch.nn.Module, eval_sets: dict[str, torch.Tensor], obje
             weight = 1.0 if idx else 0.0
             idx = idx or [0]  # a padding forward keeps ranks in step
             inputs = objective.batch(blocks[idx], keys=[EVAL_KEY_OFFSET + j for j in idx])
-            loss = model(**inputs).loss.double()
+            loss = lm_loss(model, inputs).double()
             count = LMObjective.target_count(inputs, objective.kind)
             sums[2 * i] += weight * loss * count
             sums[2 * i + 1] += weight * count
@@ -57,13 +58,14 @@ def classification_metrics(confusion: torch.Tensor) -> dict[str, float]:
             "eval/f1": f1[present].mean().item() if present.any() else 0.0}
 
 
-def _shards(n: int, micro_batch: int):
-    """This rank's index lists, one per forward; every rank gets the same number (padding
+def _shards(examples, micro_batch: int):
+    """This rank's example index lists, one per forward, taken in length order so that each
+    batch is padded to little more than its own rows; every rank gets the same number (padding
     batches are empty lists)."""
-    world, rank = dist.world_size(), dist.rank()
-    for b in range(math.ceil(n / (micro_batch * world))):
+    world, rank, order = dist.world_size(), dist.rank(), examples.by_length().tolist()
+    for b in range(math.ceil(len(order) / (micro_batch * world))):
         start = (b * world + rank) * micro_batch
-        yield list(range(start, min(start + micro_batch, n)))
+        yield order[start:start + micro_batch]
 
 
 @torch.no_grad()
@@ -73,7 +75,7 @@ def evaluate_classification(model: torch.nn.Module, examples, micro_batch: int,
     which every rank holds; each rank runs its share and the counts are summed."""
     confusion = torch.zeros(num_labels, num_labels, dtype=torch.float64)
     loss_sum = torch.zeros(1, dtype=torch.float64)
-    for idx in _shards(len(examples), micro_batch):
+    for idx in _shards(examples, micro_batch):
         weight = 1.0 if idx else 0.0
         batch = examples.batch(idx or [0])  # a padding forward keeps ranks in step
         logits = model(input_ids=batch["input_ids"],
@@ -118,7 +120,7 @@ def evaluate_sft(model: torch.nn.Module, examples, micro_batch: int, max_new_tok
     targets = examples.labels != IGNORE
     steps = min(int(targets.sum(1).max()), max_new_tokens)
     sums = torch.zeros(3, dtype=torch.float64)  # loss x tokens, tokens, exact matches
-    for idx in _shards(len(examples), micro_batch):
+    for idx in _shards(examples, micro_batch):
         weight = 1.0 if idx else 0.0
         idx = idx or [0]
         batch = examples.batch(idx)

@@ -53,9 +53,51 @@ class LMObjective:
         return int((labels != IGNORE).sum())
 
 
-def lm_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean token loss from the HF model's own loss (logits upcast to fp32 inside)."""
-    return model(**batch).loss
+# Where the MLM head starts, by model class: the head (transform + vocabulary decoder) maps each
+# position's final hidden state on its own, so it can run on the masked positions alone.
+MLM_HEADS = {"BertForMaskedLM": "cls", "RobertaForMaskedLM": "lm_head",
+             "DistilBertForMaskedLM": "vocab_transform"}
+
+
+def mlm_head_of(model) -> torch.nn.Module | None:
+    """The first module of the MLM head of `model` (bare, or wrapped by a DeepSpeedEngine or DDP),
+    or None for a model whose head is not known (causal LMs, PEFT wrappers, other families)."""
+    module = getattr(model, "module", model)
+    name = MLM_HEADS.get(type(module).__name__)
+    return getattr(module, name) if name else None
+
+
+def lm_loss(model, batch: dict[str, torch.Tensor], masked_rows: bool = True) -> torch.Tensor:
+    """Mean token loss of `batch` (input_ids, labels with IGNORE where there is no target).
+
+    For the masked LMs of `MLM_HEADS` (BERT: encoder `bert`, head `cls`; RoBERTa: `roberta`,
+    `lm_head`; DistilBERT: `distilbert`, `vocab_transform` … `vocab_projector`) the encoder runs
+    over every position but the head only over the masked rows (labels != IGNORE, ~15%), and the
+    cross-entropy (fp32) is taken there: the model's own full loss, without the vocabulary
+    projection of the other ~85% of the rows. Every other model, and masked_rows=False, takes the
+    model's own forward and loss over all positions.
+
+    The model is still called whole, through `model(...)`: a DeepSpeedEngine's forward hooks the
+    outputs to start ZeRO's backward (calling `module.bert` and `module.cls` one by one would skip
+    that). A forward pre-hook, first of the head's hooks (so ZeRO-3 sees the rows the head really
+    gets), hands the head the masked rows. Every rank runs the same submodule forwards in the same
+    order, as ZeRO-3's parameter gathering needs; only the row count differs.
+    """
+    head = mlm_head_of(model) if masked_rows else None
+    if head is None:
+        return model(**batch).loss
+    labels = batch["labels"]
+    chosen = labels != IGNORE
+
+    def masked(_module, args):
+        return (args[0][chosen], *args[1:])
+
+    hook = head.register_forward_pre_hook(masked, prepend=True)
+    try:
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    finally:
+        hook.remove()
+    return torch.nn.functional.cross_entropy(logits.float(), labels[chosen])
 
 
 def make_objective(kind: str, tokenizer, seed: int, mlm_probability: float) -> LMObjective:
