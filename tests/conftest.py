@@ -17,6 +17,29 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
 
 
+@pytest.fixture(scope="module")
+def one_rank():
+    """A process group of this process alone, as a plain `python` launch gets; the environment
+    it sets is put back, and DeepSpeed's cached world group dropped with the group, so later
+    launches and modules from this process start their own."""
+    import torch
+    from deepspeed.utils import groups
+
+    from rtune_ds import dist
+
+    keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    saved = {k: os.environ.get(k) for k in keys}
+    dist.init()
+    yield
+    torch.distributed.destroy_process_group()
+    groups._WORLD_GROUP = None  # else the next group's engines broadcast over the destroyed one
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

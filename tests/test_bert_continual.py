@@ -11,7 +11,7 @@ import torch
 from conftest import check, read_jsonl, rtune, tiny_bert_base, tiny_config, write_config
 from safetensors import safe_open
 from safetensors.torch import save_file
-from test_guards import engine_of, one_rank  # noqa: F401 (a fixture)
+from test_guards import engine_of
 from transformers import AutoTokenizer, BertForMaskedLM, BertForSequenceClassification
 
 from rtune_ds.artifacts.hf_export import export_hf, tensor_sha256
@@ -124,7 +124,7 @@ def test_a_new_mlm_head_is_initialised_from_the_seed_alone(cache_dir):
                            heads[2]["cls.predictions.transform.dense.weight"])
 
 
-def test_the_export_carries_the_pooler_bit_for_bit(one_rank, tmp_path, cache_dir):  # noqa: F811
+def test_the_export_carries_the_pooler_bit_for_bit(one_rank, tmp_path, cache_dir):
     base = tiny_bert_base(cache_dir)
     out = tmp_path / "final"
     engine = engine_of(BertForMaskedLM.from_pretrained(str(base)))
@@ -145,7 +145,7 @@ def test_the_export_carries_the_pooler_bit_for_bit(one_rank, tmp_path, cache_dir
     assert torch.equal(clf.bert.pooler.dense.weight, parent["pooler.dense.weight"])
 
 
-def test_the_head_warmup_trains_the_new_head_alone(one_rank, tmp_path, cache_dir):  # noqa: F811
+def test_the_head_warmup_trains_the_new_head_alone(one_rank, tmp_path, cache_dir):
     """Through the one loop: the encoder and embeddings stay bit for bit, the head moves, every
     parameter is trainable again after, no checkpoint is written, and a resume skips it."""
     base = tiny_bert_base(cache_dir)

@@ -35,24 +35,6 @@ def nudge(module: torch.nn.Module, by: float) -> None:
             p.add_(by)
 
 
-@pytest.fixture(scope="module")
-def one_rank():
-    """A process group of this process alone, as a plain `python` launch gets; the environment
-    it sets is put back so later launches from this process start their own."""
-    from rtune_ds import dist
-
-    keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    saved = {k: os.environ.get(k) for k in keys}
-    dist.init()
-    yield
-    torch.distributed.destroy_process_group()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
 def engine_of(model: torch.nn.Module, zero: dict | None = None):
     import deepspeed
 

@@ -16,7 +16,6 @@ from conftest import (
     tiny_config,
     write_config,
 )
-from test_guards import one_rank  # noqa: F401  (a fixture)
 from transformers import BertConfig, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
 
 from rtune_ds.models.presets import build_preset
@@ -102,7 +101,7 @@ def test_eval_loss_and_perplexity_are_unchanged(monkeypatch):
 
 
 @pytest.mark.parametrize("stage", [0, 3])
-def test_training_through_a_zero_engine_matches_the_full_head(one_rank, stage):  # noqa: F811
+def test_training_through_a_zero_engine_matches_the_full_head(one_rank, stage):
     """Three optimizer steps of 2 micro-batches each: the losses and the weights agree."""
     import deepspeed
 
