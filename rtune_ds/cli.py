@@ -119,13 +119,16 @@ def parser() -> argparse.ArgumentParser:
     prep.add_argument("--cache-dir", help="where .deb packages are fetched and unpacked")
     prep.add_argument("--wordnet-dir", help="local wordnet-base files (dir or .deb) instead of apt")
     prep.add_argument("--foldoc-dir", help="local dict-foldoc files (dir or .deb) instead of apt")
-    demo = sub.add_parser("demo", help="the whole story on real data in one launch, then a "
-                          "report (OUT/report.md)")
-    demo.add_argument("--quick", action="store_true", help="the smoke-test budget (a few minutes)")
+    demo = sub.add_parser("demo", help="the study on a real pretrained model and real text, then "
+                          "a report (OUT/report.md)")
+    demo.add_argument("--quick", action="store_true", help="the smoke-test budget (a few minutes, "
+                      "a preset v0 pretrained here)")
+    demo.add_argument("--base-dir", help="v0: a local HF encoder or decoder directory (default: "
+                      "the budget's released model, fetched by package name)")
     demo.add_argument("--out", default="runs/demo", help="runs, configs, task samples and report")
     demo.add_argument("--nproc", type=int, default=2, help="ranks of the launch")
-    demo.add_argument("--seeds", type=int, help="few-shot seeds per recycling method (default: "
-                      "the budget's, rtune_ds/resources/demo.yaml)")
+    demo.add_argument("--seeds", type=int, help="seeds per arm and regime (default: the "
+                      "budget's, rtune_ds/resources/demo.yaml)")
     demo.add_argument("--data", help="a prepared data dir (default: OUT/data, prepared if missing)")
     demo.add_argument("--ds-config", help="DeepSpeed JSON of every job (default: the budget's)")
     demo.add_argument("--run-plan", help=argparse.SUPPRESS)  # the demo's own launch runs its plan
@@ -279,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             from rtune_ds.demo import main as demo
 
             demo.run(args.quick, args.out, args.nproc, args.seeds, args.data, args.ds_config,
-                     "rtune " + " ".join(argv))
+                     args.base_dir, "rtune " + " ".join(argv))
         elif args.command == "sweep":
             from rtune_ds.recipes import sweep
 

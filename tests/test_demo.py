@@ -16,7 +16,16 @@ import pytest
 
 from rtune_ds.cli import parser
 from rtune_ds.data.tasks import build_task
-from rtune_ds.demo.plan import Job, ds_config_path, load_budget, plan_jobs
+from rtune_ds.demo import findings as F
+from rtune_ds.demo.plan import (
+    METHODS,
+    REGIMES,
+    Job,
+    Planner,
+    ds_config_path,
+    export_steps,
+    load_budget,
+)
 from rtune_ds.errors import ConfigError
 from rtune_ds.resources import DS_CONFIGS
 
@@ -35,25 +44,64 @@ def test_the_budgets_ds_config_is_shipped_in_the_package(tmp_path, monkeypatch):
     assert ds_config_path("mine.json", budget) == "mine.json"  # the user's path, as given
     with pytest.raises(ConfigError, match="--ds-config nope.json: DeepSpeed JSON not found"):
         ds_config_path("nope.json", budget)
-    with pytest.raises(ConfigError, match=r"demo.yaml: key 'full.ds_config' \(zero9.json\)"):
+    with pytest.raises(ConfigError, match=r"demo.yaml: key 'main.ds_config' \(zero9.json\)"):
         ds_config_path(None, {**budget, "ds_config": "zero9.json"})
+
+
+def planned(tmp_path: Path, quick: bool) -> tuple[Planner, list[Job], list[Job], dict]:
+    """(the planner, stage one before the grid ran, every job after it, the chosen LRs); the main
+    budget's v0 is a directory that stands for the released model."""
+    b = load_budget(quick, None)
+    planner = Planner(b, tmp_path, tmp_path / "configs", None if quick else str(tmp_path / "v0"))
+    lrs = {"full": b["tune"]["lr_grid"][1], "few": b["tune"]["lr_grid"][0]}
+    return planner, planner.stage_one(), planner.stage_one(lrs) + planner.stage_two(lrs), lrs
 
 
 @pytest.mark.parametrize("quick", [True, False])
 def test_the_plan_names_each_run_once_and_reads_only_what_earlier_jobs_write(tmp_path, quick):
-    jobs = plan_jobs(load_budget(quick, None), tmp_path, tmp_path / "configs")
+    planner, _, jobs, _ = planned(tmp_path, quick)
     assert len({j.name for j in jobs}) == len(jobs)
     assert len({j.run_dir for j in jobs}) == len(jobs)
-    for n, job in enumerate(jobs):
+    written = set() if quick else {tmp_path / "v0"}
+    for job in jobs:
         reads = [o.split("=", 1)[1] for o in job.overrides if o.startswith("model.path=")]
         reads += [job.options[k] for k in ("bundle", "base") if k in job.options]
         reads += list(job.options.get("pairs", {}).values())
-        assert {Path(r) for r in reads} <= {Path(j.run_dir) / "final" for j in jobs[:n]}, job.name
+        assert {Path(r) for r in reads} <= written, job.name
         assert Job(**json.loads(json.dumps(asdict(job)))) == job  # the plan file holds it whole
         # its command line is one `rtune` runs: the same command, run dir and config
         args = parser().parse_args(shlex.split(job.command())[1:])
         assert (args.analyze_command if args.command == "analyze" else args.command) == job.recipe
         assert (args.config, args.overrides[0]) == (job.config, f"run_dir={job.run_dir}")
+        written.add(Path(job.run_dir) / "final")
+        if job.name == "v1":  # and its exports along the way, which compat reads
+            written |= {Path(job.run_dir) / "exports" / f"step-{s}"
+                        for s in export_steps(planner.b).values()}
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_every_arm_runs_each_seed_and_regime_at_the_lr_the_grid_chose(tmp_path, quick):
+    planner, first, jobs, lrs = planned(tmp_path, quick)
+    b = planner.b
+    # before the grid has run, no job is a vanilla run; after it, the chosen grid run of each
+    # regime is vanilla's seed 1 under the same name (so a rerun finds it done)
+    assert not any(j.info["kind"] == "finetune" and j.info["method"] == "vanilla" for j in first)
+    assert [j.name for j in first] == [j.name for j in jobs[:len(first)]]
+    for regime in REGIMES:
+        grid = [j for j in jobs if j.info.get("lr") is not None and j.info["regime"] == regime]
+        assert sorted(j.info["lr"] for j in grid) == sorted(b["tune"]["lr_grid"])
+        assert [j.info["lr"] for j in grid if j.info["kind"] == "finetune"] == [lrs[regime]]
+        for method in METHODS:
+            arm = [j for j in jobs if j.info.get("method") == method and j.info["base"] == "v1"
+                   and j.info["regime"] == regime and j.info["kind"] != "grid"]
+            assert sorted(j.info["seed"] for j in arm) == list(range(1, b["seeds"] + 1)), method
+            for j in arm:
+                assert f"train.lr={lrs[regime]}" in j.overrides, j.name
+                assert f"train.patience={b['tune'][regime]['patience']}" in j.overrides, j.name
+                assert ("task.few_shot" in " ".join(j.overrides)) == (regime == "few"), j.name
+    points = sorted(j.info["point"] for j in jobs if j.info.get("method") == "compat"
+                    and j.info["tuning"] == "full")
+    assert points == [0.0, *b["cpt"]["exports"], 1.0]
 
 
 def fixture_data(out: Path) -> Path:
@@ -75,18 +123,27 @@ def test_demo_quick_report_matches_the_runs(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "rtune_ds", "demo", "--quick", "--out", str(out),
                            "--data", str(data), "--nproc", "2"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=900)
+                          text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     for name in ("report.md", "report.json", "results.png", "convergence.png", "pretraining.png",
-                 "connectivity.png", "similarity.png"):
+                 "compat.png", "connectivity.png", "similarity.png"):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
     runs = out / "runs"
     assert not any(x["reused"] for x in report["jobs"])
     for job in report["jobs"]:  # every run dir has its own TensorBoard events
-        if job["name"] not in ("similarity",):
+        if job["name"] not in ("similarity",) and not job["name"].startswith("compat-"):
             assert list((runs / job["name"] / "tensorboard").glob("**/events.*")), job
 
+    # the grid chose, per regime, the LR of its best dev accuracy, and every arm used it
+    for regime, rows in report["grid"].items():
+        best = max(rows, key=lambda r: r["dev"])
+        assert report["chosen_lr"][regime] == best["lr"]
+        for name, r in report["runs"].items():
+            if r["base"] == "v1" and r["regime"] == regime and r["method"] != "compat":
+                lineage = json.loads((runs / name / "final" / "lineage.json").read_text())
+                if "lr" not in r:
+                    assert lineage["config"]["train"]["lr"] == best["lr"], name
     # every tuned / recycled run: the report's numbers are its summary.json or compat.json values
     for name, r in report["runs"].items():
         if r["source"] == "compat.json":
@@ -94,44 +151,48 @@ def test_demo_quick_report_matches_the_runs(tmp_path):
             assert (r["dev"], r["test"]) == (c["dev"]["accuracy"], c["test"]["accuracy"])
             assert r["old_dev"] == c["old_metrics"]["dev"]["eval/accuracy"]
         else:
-            m = json.loads((runs / name / "summary.json").read_text())["metrics"]
-            assert (r["dev"], r["test"]) == (m["dev"]["eval/accuracy"],
-                                             m["test"]["eval/accuracy"])
-            assert r["majority"] == m["dev_majority_baseline"]
-    # the table's rows are means of those runs; the findings quote the same numbers
+            s = json.loads((runs / name / "summary.json").read_text())
+            assert (r["dev"], r["test"]) == (s["metrics"]["dev"]["eval/accuracy"],
+                                             s["metrics"]["test"]["eval/accuracy"])
+            assert r["majority"] == s["metrics"]["dev_majority_baseline"]
+            cap = json.loads((runs / name / "final" / "lineage.json").read_text())[
+                "config"]["train"]["max_steps"]
+            assert r["early_stopped"] == s["early_stopped"] == (s["step"] < cap), name
+    # the table's rows are means of those runs; each arm has every seed in both regimes
     for row in report["table"]:
         tests = [report["runs"][n]["test"] for n in row["runs"]]
         assert row["test_per_seed"] == tests
         assert row["test_mean"] == pytest.approx(statistics.fmean(tests), abs=0)
-    few = {row["run"]: row for row in report["table"] if "few-shot" in row["run"]
-           and row["task"] == "foldoc_category" and row["run"].startswith("v1")}
-    assert set(few) == {f"v1 · {m} · few-shot" for m in ("vanilla", "init", "distill",
-                                                           "init+distill")}
+    arms = {row["run"]: row for row in report["table"] if row["run"].startswith("v1 · ")}
+    assert len(arms) == 8 and all(r["seeds"] == [1, 2] for r in arms.values())
     f = report["findings"]
-    assert f["distill_beats_vanilla_few_shot"]["evidence"]["distill_mean"] == \
-        few["v1 · distill · few-shot"]["test_mean"]
+    assert f["distill_beats_vanilla_few_shot"]["evidence"]["distill_test"] == \
+        arms["v1 · distill · few-shot"]["test_mean"]
     conn = json.loads((runs / "connectivity" / "connectivity.json").read_text())
     assert f["mode_connectivity"]["evidence"]["barrier_main"] == \
         conn["pairs"]["main"]["barrier"]["accuracy"]
-    assert f["mode_connectivity"]["evidence"]["barrier_control"] == \
-        conn["pairs"]["control"]["barrier"]["accuracy"]
     sim = json.loads((runs / "similarity" / "similarity.json").read_text())
     assert f["similar_attention_heads"]["evidence"]["js_main"] == sim["pairs"]["main"]["mean"]
-    compat = json.loads((runs / "recycle-compat-full" / "compat.json").read_text())
-    assert f["compat_far_above_chance"]["evidence"][0]["compat_dev"] == compat["dev"]["accuracy"]
-    for key in ("v0_beats_random_init", "v1_beats_v0_on_new_domain", "compat_far_above_chance",
-                "init_converges_faster", "distill_beats_vanilla_few_shot", "init_distill_best",
-                "mode_connectivity", "similar_attention_heads"):
+    # compat along v1's run: v0 itself, the exports, the final weights
+    points = [p["point"] for p in report["compat_curve"]["full"]]
+    assert points == [0.0, 0.25, 0.5, 0.75, 1.0]
+    final = json.loads((runs / "compat-full-100" / "compat.json").read_text())
+    assert f["compat_far_above_chance"]["evidence"]["full"]["compat_dev"] == \
+        final["dev"]["accuracy"]
+    start = json.loads((runs / "compat-full-0" / "compat.json").read_text())
+    assert start["dev"]["accuracy"] == start["old_metrics"]["dev"]["eval/accuracy"]  # v0 = itself
+    for key in F.CLAIMS:
         assert f[key]["reproduced"] in ("yes", "no", "partly"), key
-    # steps to target come from the runs' metrics.jsonl
-    vanilla = [json.loads(x) for x in (runs / "foldoc_category-v1-full-full" / "metrics.jsonl")
+    # convergence comes from the runs' metrics.jsonl
+    pair = report["convergence"]["pairs"][0]
+    vanilla = [json.loads(x) for x in (runs / pair["runs"]["vanilla"] / "metrics.jsonl")
                .read_text().splitlines()]
-    best = max(x["eval/accuracy"] for x in vanilla if "eval/accuracy" in x)
-    assert report["convergence"]["pairs"][0]["vanilla_best"] == best
+    assert pair["vanilla_best"] == max(x["eval/accuracy"] for x in vanilla if "eval/accuracy" in x)
     md = (out / "report.md").read_text()
     for row in report["table"]:
         assert (f"| {row['task']} | {row['run']} | {row['dev_mean']:.3f} | "
                 f"{row['test_mean']:.3f}") in md
+    assert "## Protocol" in md and "## Wall time per phase" in md
 
     # a second run reuses every finished job and rewrites the same numbers
     again = subprocess.run([sys.executable, "-m", "rtune_ds", "demo", "--quick", "--out",
@@ -141,7 +202,7 @@ def test_demo_quick_report_matches_the_runs(tmp_path):
     second = json.loads((out / "report.json").read_text())
     assert all(x["reused"] for x in second["jobs"])
     assert second["table"] == report["table"]
-    # another budget into the same OUT is refused before any launch
+    # another budget into the same OUT is refused before any launch or download
     other = subprocess.run([sys.executable, "-m", "rtune_ds", "demo", "--out", str(out), "--data",
                             str(data)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert other.returncode == 2 and "another budget" in other.stderr

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from rtune_ds.config.schema import (
+    INITS,
     NONFINITE_POLICIES,
     OBJECTIVES,
     PRECISIONS,
@@ -76,12 +77,19 @@ def validate(cfg: RunConfig, where: str, command: str = "pretrain") -> None:
     if m.head_warmup_lr is not None:
         _require(m.head_warmup_lr > 0, where, "model.head_warmup_lr",
                  f"must be > 0, got {m.head_warmup_lr}")
+    _require(m.init in INITS, where, "model.init", f"one of {INITS}, got '{m.init}'")
+    if m.init == "random":
+        _require(command == "pretrain" and m.path is not None, where, "model.init",
+                 "'random' draws model.path's architecture afresh in `rtune pretrain` (a preset "
+                 "is random already)")
+        _require(not m.head_warmup_steps, where, "model.head_warmup_steps",
+                 "every weight of a model.init 'random' model is new: nothing to protect")
     if command == "finetune":
         validate_task(cfg, where)
         validate_distill(cfg, where)
     else:
         validate_data(cfg, where)
-    validate_train(cfg, where)
+    validate_train(cfg, where, command)
 
 
 def validate_data(cfg: RunConfig, where: str) -> None:
@@ -148,7 +156,7 @@ def validate_distill(cfg: RunConfig, where: str) -> None:
                  f"DeepSpeed JSON not found: {d.teacher_deepspeed}")
 
 
-def validate_train(cfg: RunConfig, where: str) -> None:
+def validate_train(cfg: RunConfig, where: str, command: str = "pretrain") -> None:
     t = cfg.train
     _require(t.max_steps > 0, where, "train.max_steps", "must be > 0")
     _require(t.micro_batch_size > 0, where, "train.micro_batch_size", "must be > 0")
@@ -168,6 +176,19 @@ def validate_train(cfg: RunConfig, where: str) -> None:
         _require(t.precision in PRECISIONS, where, "train.precision", f"one of {PRECISIONS}")
     _require(t.nonfinite in NONFINITE_POLICIES, where, "train.nonfinite",
              f"one of {NONFINITE_POLICIES}, got {t.nonfinite!r}")
+    if t.patience is not None:
+        _require(command == "finetune", where, "train.patience",
+                 "early stopping watches the best dev metric (task.best_metric) of fine-tuning "
+                 "and recycling; pretraining keeps no best state: leave it out")
+        _require(t.patience >= 1, where, "train.patience", f"must be >= 1, got {t.patience}")
+        _require(t.eval_every > 0, where, "train.patience",
+                 "needs train.eval_every > 0: it counts dev evals without improvement")
+    for i, fraction in enumerate(t.export_fractions):
+        _require(0 < fraction < 1, where, f"train.export_fractions[{i}]",
+                 f"must be in (0, 1), got {fraction}")
+    _require(not t.export_fractions or command != "finetune", where, "train.export_fractions",
+             "intermediate HF exports are for pretraining; fine-tuning and recycling write "
+             "their bundle to final/ only")
     if cfg.deepspeed is not None:
         _require(Path(cfg.deepspeed).is_file(), where, "deepspeed",
                  f"DeepSpeed JSON not found: {cfg.deepspeed}")

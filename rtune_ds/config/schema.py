@@ -31,6 +31,7 @@ class ModelConfig:
     mlm_probability: float = 0.15
     trust_remote_code: bool = False
     architecture: str | None = None  # the HF model_type model.path must have (llama, roberta, ...)
+    init: str = "pretrained"  # pretrained | random: model.path's architecture, weights from the seed
     # pretrain: steps that train only a head the checkpoint lacks (e.g. BERT's MLM head), the
     # rest frozen, before the schedule; None: 10% of train.max_steps (1..100) if one is missing
     head_warmup_steps: int | None = None
@@ -69,6 +70,9 @@ class TrainConfig:
     log_every: int = 1
     precision: str | None = None  # fp32 | bf16; None: whatever the DeepSpeed JSON says, else fp32
     nonfinite: str = "stop"  # on a NaN/Inf loss: stop (exit 3, nothing saved) | skip the update
+    patience: int | None = None  # end after this many evals without a better best metric
+    # pretrain: write an HF export to run_dir/exports/step-<N>/ at N = round(f * max_steps)
+    export_fractions: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -143,6 +147,9 @@ SCHEDULES = ("cosine", "recipe", "constant")
 
 
 OBJECTIVES = ("clm", "mlm")
+
+
+INITS = ("pretrained", "random")
 
 
 PRECISIONS = ("fp32", "bf16")

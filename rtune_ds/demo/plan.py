@@ -1,7 +1,11 @@
 """The demo's plan: its budget, the RunConfigs it writes to OUT/configs, and every job in order.
 A job is data (a recipe, a RunConfig file, dotted overrides, the recipe's other inputs), so the
-plan can be written to a file, run inside the one launch, and shown as the `rtune` command line
-that reruns any job on its own."""
+plan can be written to a file, run inside a launch, and shown as the `rtune` command line that
+reruns any job on its own.
+
+The jobs come in two stages: the first makes the bases (v0 when it is pretrained here, v1, rand)
+and runs the vanilla LR grid; the second, planned once the grid has chosen an LR per data regime,
+runs everything that uses that LR."""
 from __future__ import annotations
 
 import shlex
@@ -17,14 +21,10 @@ from rtune_ds.resources import DEMO_BUDGETS, DS_CONFIGS
 TASKS = {"supersense": "general", "foldoc_category": "computing"}  # task -> its domain
 OLD_TASK = "supersense"  # v0's own domain
 NEW_TASK = "foldoc_category"  # the domain v1 is continually pretrained on; recycling happens here
-VERSIONS = ("v0", "v1", "rand")
-FEW_METHODS = ("vanilla", "init", "distill", "init+distill")
+REGIMES = ("full", "few")  # full data (a sampled train set) and few-shot (K per class)
+METHODS = ("vanilla", "init", "distill", "init+distill")
+COMPAT_TUNINGS = ("full", "lora")  # the v0 bundles scored on v1 with no training
 METRIC = "eval/accuracy"
-FRACTION = 0.95  # steps-to-target: the first eval reaching 95% of vanilla's best dev accuracy
-CONTROLS = {  # (tuning, regime) of the v0 and rand tuning runs -> (label, budget group; None: all)
-    ("full", "full"): ("full FT · full data", None),
-    ("lora", "full"): ("LoRA · full data", "lora"),
-    ("full", "few"): ("full FT · few-shot", "few_shot_controls")}
 PLAN, SECONDS = "plan.json", "seconds.json"  # in OUT: the jobs of a launch, every job's seconds
 PAIR_FLAGS = {"a": "--bundle-a", "base_a": "--base-a", "b": "--bundle-b", "base_b": "--base-b",
               "control_a": "--control-a", "control_base_a": "--control-base-a",
@@ -34,10 +34,10 @@ PAIR_FLAGS = {"a": "--bundle-a", "base_a": "--base-a", "b": "--bundle-b", "base_
 # ---------------------------------------------------------------- the budget
 
 def load_budget(quick: bool, seeds: int | None, path: Path = DEMO_BUDGETS) -> dict:
-    """The `quick` or `full` budget of `path`, with its profile name and --seeds applied."""
+    """The `quick` or `main` budget of `path`, with its profile name and --seeds applied."""
     budgets = yaml.safe_load(path.read_text())
-    b = dict(budgets["quick" if quick else "full"])
-    b["profile"] = "quick" if quick else "full"
+    b = dict(budgets["quick" if quick else "main"])
+    b["profile"] = "quick" if quick else "main"
     if seeds is not None:
         if seeds < 1:
             raise ConfigError(f"--seeds {seeds}: must be >= 1")
@@ -60,91 +60,143 @@ def ds_config_path(given: str | None, budget: dict, path: Path = DEMO_BUDGETS) -
     return given if given is not None else str(found)
 
 
+def export_steps(b: dict) -> dict[float, int]:
+    """{fraction: step} of v1's exports along its continual pretraining (0 and 1 excluded)."""
+    c = b["cpt"]
+    return {f: round(f * c["steps"]) for f in c["exports"]}
+
+
 # ---------------------------------------------------------------- the runs and their names
 
 def tuned(task: str, base: str, tuning: str = "full", regime: str = "full", seed: int = 1) -> dict:
     """What the report knows of a plain tuning run (v1's is the vanilla of the recycling
-    comparison). regime: full data, or few-shot."""
+    comparison)."""
     return {"kind": "finetune", "task": task, "base": base, "tuning": tuning, "regime": regime,
             "seed": seed, "method": "vanilla" if base == "v1" else None}
 
 
 def recycled(method: str, regime: str = "full", seed: int = 1, tuning: str = "full") -> dict:
     """A run of the recycling comparison on the new task and v1: vanilla (plain tuning of v1),
-    compat (`tuning`: that of the bundle), init, distill or init+distill."""
+    init, distill or init+distill."""
     if method == "vanilla":
         return tuned(NEW_TASK, "v1", tuning, regime, seed)
     return {"kind": "recycle", "task": NEW_TASK, "base": "v1", "tuning": tuning, "regime": regime,
             "seed": seed, "method": method}
 
 
+def compat(tuning: str, point: float) -> dict:
+    """The v0 bundle of `tuning` scored with no training on v1 at `point` of its continual
+    pretraining (0: v0 itself, 1: v1's final weights)."""
+    return {"kind": "recycle", "task": NEW_TASK, "base": "v1", "tuning": tuning,
+            "regime": "full", "seed": 1, "method": "compat", "point": point}
+
+
+def grid(regime: str, lr: float, chosen: bool) -> dict:
+    """A vanilla run of the LR grid (seed 1); the chosen one is vanilla's seed-1 run."""
+    info = recycled("vanilla", regime) if chosen else {**recycled("vanilla", regime),
+                                                       "kind": "grid"}
+    return {**info, "lr": lr}
+
+
 def setting(info: dict) -> dict:
-    """A run's info without its seed: what the runs of one row of the results table share."""
-    return {k: v for k, v in info.items() if k != "seed"}
+    """A run's info without its seed and LR: what the runs of one table row share."""
+    return {k: v for k, v in info.items() if k not in ("seed", "lr")}
 
 
 def run_name(info: dict) -> str:
     """The run dir name (under OUT/runs) of a tuning or recycling run: the one place it is made.
-    Plain tuning: <task>-<base>-<tuning>-<regime>; the recycling comparison (with v1's few-shot
-    vanilla runs): recycle-<method>-<regime>, compat runs told apart by the bundle's tuning
-    instead; few-shot runs end in -s<seed>."""
-    few = f"-s{info['seed']}" if info["regime"] == "few" else ""
-    if info["kind"] == "finetune" and not (info["method"] == "vanilla" and few):
-        return f"{info['task']}-{info['base']}-{info['tuning']}-{info['regime']}{few}"
-    tag = info["tuning"] if info["method"] == "compat" else info["regime"]
-    return f"recycle-{info['method'].replace('+', '_')}-{tag}{few}"
+    Plain tuning: <task>-<base>-<tuning>-<regime>-s<seed>; the LR grid: grid-<regime>-lr<lr>;
+    compat: compat-<tuning>-<percent of v1's run>; the other recycling runs:
+    recycle-<method>-<regime>-s<seed>."""
+    if "lr" in info:
+        return f"grid-{info['regime']}-lr{info['lr']:g}"
+    if info["method"] == "compat":
+        return f"compat-{info['tuning']}-{round(100 * info['point'])}"
+    seed = f"-s{info['seed']}"
+    if info["kind"] == "finetune" and info["method"] != "vanilla":
+        return f"{info['task']}-{info['base']}-{info['tuning']}-{info['regime']}{seed}"
+    return f"recycle-{info['method'].replace('+', '_')}-{info['regime']}{seed}"
 
 
 # ---------------------------------------------------------------- the RunConfigs
 
-def pretrain_configs(b: dict, data: Path, runs: Path, ds: str) -> dict[str, dict]:
-    """The RunConfigs of v0, v1 and rand (written to OUT/configs, run as they are)."""
-    p = b["pretrain"]
-    common_train = {"micro_batch_size": p["micro_batch_size"], "grad_accum": 1,
-                    "eval_every": p["eval_every"], "eval_max_blocks": p["eval_max_blocks"],
+def bases(b: dict, runs: Path, base_dir: str | None) -> dict[str, str]:
+    """The HF directory of each base: v0 (--base-dir, the released model, or pretrained here
+    from a preset), v1 and rand (made here)."""
+    v0 = base_dir or b["base"].get("path") or str(runs / "v0" / "final")
+    return {"v0": v0, "v1": str(runs / "v1" / "final"), "rand": str(runs / "rand" / "final")}
+
+
+def pretrains_v0(b: dict, base_dir: str | None) -> bool:
+    return base_dir is None and "preset" in b["base"]
+
+
+def pretrain_configs(b: dict, data: Path, runs: Path, ds: str,
+                     base_dir: str | None) -> dict[str, dict]:
+    """The RunConfigs of v0 (when pretrained here), v1 and rand."""
+    c, base = b["cpt"], bases(b, runs, base_dir)
+    common_train = {"micro_batch_size": c["micro_batch_size"], "grad_accum": 1,
+                    "eval_every": c["eval_every"], "eval_max_blocks": c["eval_max_blocks"],
                     "save_every": 0, "log_every": 5, "precision": b["precision"]}
     general, computing = str(data / "general.jsonl"), str(data / "computing.jsonl")
-    v0 = {"run_dir": str(runs / "v0"), "seed": 0, "deepspeed": ds, "model": {"preset": b["preset"]},
-          "data": {"train": [general], "seq_len": p["seq_len"],
-                   "eval_fraction": p["eval_fraction"]},
-          "train": {**common_train, "max_steps": p["v0_steps"], "lr": p["lr"],
-                    "schedule": "cosine", "warmup_steps": p["warmup_steps"],
-                    "min_lr_ratio": p["min_lr_ratio"]}}
-    (g0, c0), (g1, c1) = p["v1_mix"]
-    v1 = {"run_dir": str(runs / "v1"), "seed": 0, "deepspeed": ds,
-          "model": {"path": str(runs / "v0" / "final")},
-          "data": {"train": [{"path": general, "weight": g0}, {"path": computing, "weight": c0}],
-                   "switch": {"train": [{"path": general, "weight": g1},
-                                        {"path": computing, "weight": c1}]},
-                   "seq_len": p["seq_len"], "eval_fraction": p["eval_fraction"]},
-          "train": {**common_train, "max_steps": p["v1_steps"], "lr": None, "schedule": "recipe"}}
-    # rand: v0's preset, seed and data (so the same tokenizer), one step at a vanishing LR in fp32
-    rand = {**v0, "run_dir": str(runs / "rand"),
-            "train": {**common_train, "max_steps": 1, "lr": 1.0e-12, "schedule": "constant",
-                      "warmup_steps": 0, "eval_every": 0, "precision": "fp32"}}
-    return {"v0": v0, "v1": v1, "rand": rand}
+    common = {"seed": 0, "deepspeed": ds,
+              "data": {"train": [general], "seq_len": c["seq_len"],
+                       "eval_fraction": c["eval_fraction"]}}
+    configs = {}
+    if pretrains_v0(b, base_dir):
+        p = b["base"]
+        configs["v0"] = {**common, "run_dir": str(runs / "v0"), "model": {"preset": p["preset"]},
+                         "train": {**common_train, "max_steps": p["steps"], "lr": p["lr"],
+                                   "schedule": "cosine", "warmup_steps": p["warmup_steps"],
+                                   "min_lr_ratio": p["min_lr_ratio"]}}
+    (g0, c0), (g1, c1) = c["mix"]
+    head = {k: c[k] for k in ("head_warmup_steps", "head_warmup_lr") if k in c}
+    configs["v1"] = {
+        **common, "run_dir": str(runs / "v1"), "model": {"path": base["v0"], **head},
+        "data": {"train": [{"path": general, "weight": g0}, {"path": computing, "weight": c0}],
+                 "switch": {"train": [{"path": general, "weight": g1},
+                                      {"path": computing, "weight": c1}]},
+                 "seq_len": c["seq_len"], "eval_fraction": c["eval_fraction"]},
+        "train": {**common_train, "max_steps": c["steps"], "lr": c.get("lr"),
+                  "schedule": "recipe", "export_fractions": c["exports"]}}
+    # rand: v0's architecture and tokenizer with every weight drawn from the seed, one step at a
+    # vanishing LR in fp32 (the weights stay as drawn)
+    model = ({"preset": b["base"]["preset"]} if "v0" in configs
+             else {"path": base["v0"], "init": "random"})
+    configs["rand"] = {**common, "run_dir": str(runs / "rand"), "model": model,
+                       "train": {**common_train, "max_steps": 1, "lr": 1.0e-12,
+                                 "schedule": "constant", "warmup_steps": 0, "eval_every": 0,
+                                 "precision": "fp32"}}
+    return configs
 
 
 def task_config(b: dict, task: str, tasks: Path, runs: Path, ds: str) -> dict:
-    """The RunConfig every tuning job of `task` starts from (the jobs override base, seed, ...)."""
+    """The RunConfig every tuning job of `task` starts from (the jobs override base, seed, LR and
+    the regime's keys)."""
     t = b["tune"]
     return {"run_dir": str(runs / f"{task}-template"), "seed": 1, "deepspeed": ds,
-            "model": {"path": str(runs / "v0" / "final")},
+            "model": {"path": str(runs / "v1" / "final")},
             "task": {"type": "classification", "train": str(tasks / f"{task}_train.jsonl"),
                      "dev": str(tasks / f"{task}_dev.jsonl"),
                      "test": str(tasks / f"{task}_test.jsonl"), "max_len": t["max_len"]},
             "tuning": {"method": "full", "lora": {"r": t["lora_r"], "alpha": t["lora_alpha"]}},
-            "train": {"max_steps": t["steps"], "micro_batch_size": t["micro_batch_size"],
-                      "global_batch_size": t["global_batch_size"], "lr": t["lr"],
-                      "warmup_steps": t["warmup_steps"], "eval_every": t["eval_every"],
-                      "save_every": 0, "log_every": 5, "precision": b["precision"]}}
+            "train": {"micro_batch_size": t["micro_batch_size"],
+                      "global_batch_size": t["global_batch_size"],
+                      "warmup_steps": t["warmup_steps"], "save_every": 0, "log_every": 5,
+                      "precision": b["precision"], **regime_keys(b, "full")}}
 
 
-def write_configs(b: dict, data: Path, out: Path, ds: str) -> Path:
+def regime_keys(b: dict, regime: str) -> dict:
+    """The train keys of a data regime: the step cap, the eval interval and the patience."""
+    r = b["tune"][regime]
+    return {"max_steps": r["max_steps"], "eval_every": r["eval_every"], "patience": r["patience"]}
+
+
+def write_configs(b: dict, data: Path, out: Path, ds: str, base_dir: str | None) -> Path:
     """OUT/configs/{v0,v1,rand,<task>}.yaml (rewritten on every demo run); returns the dir."""
     configs, runs = out / "configs", out / "runs"
     configs.mkdir(parents=True, exist_ok=True)
-    for name, cfg in {**pretrain_configs(b, data, runs, ds),
+    for name, cfg in {**pretrain_configs(b, data, runs, ds, base_dir),
                       **{t: task_config(b, t, out / "tasks", runs, ds) for t in TASKS}}.items():
         save_yaml(cfg, configs / f"{name}.yaml")
     return configs
@@ -179,7 +231,8 @@ class Job:
         o = self.options
         if self.recipe == "recycle":
             head = ["recycle", "--method", o["method"], "--bundle", o["bundle"], "--base",
-                    o["base"], "--resume", "auto"]
+                    o["base"], "--resume", "auto",
+                    *(["--force-same-base"] if o.get("same_base") else [])]
         elif self.recipe == "connectivity":
             head = ["analyze", "connectivity", *pair_args(o["pairs"]), "--points", str(o["points"])]
         elif self.recipe == "similarity":
@@ -194,63 +247,91 @@ def pair_args(pairs: dict) -> list[str]:
     return [arg for key, flag in PAIR_FLAGS.items() for arg in (flag, pairs[key])]
 
 
-def plan_jobs(b: dict, out: Path, configs: Path) -> list[Job]:
-    """Every job of the demo, in order (later ones read earlier ones' outputs)."""
-    runs, t = out / "runs", b["tune"]
+class Planner:
+    """Makes the jobs of one demo: its budget, OUT and the bases' directories."""
 
-    def final(name: str) -> str:
-        return str(runs / name / "final")
+    def __init__(self, b: dict, out: Path, configs: Path, base_dir: str | None = None):
+        self.b, self.runs, self.configs, self.base_dir = b, out / "runs", configs, base_dir
+        self.base = bases(b, self.runs, base_dir)
 
-    def config(task: str) -> str:
-        return str(configs / f"{task}.yaml")
+    def final(self, info: dict) -> str:
+        return str(self.runs / run_name(info) / "final")
 
-    few = [f"task.few_shot={t['few_shot']}", f"train.max_steps={t['few_shot_steps']}",
-           f"train.eval_every={t['few_shot_eval_every']}"]
-    lora_lr = [f"train.lr={t['lora_lr']}"]
+    def config(self, name: str) -> str:
+        return str(self.configs / f"{name}.yaml")
 
-    def extra(info: dict) -> list[str]:
-        return (few if info["regime"] == "few" else []) + (lora_lr if info["tuning"] == "lora"
-                                                           else [])
+    def regime(self, regime: str) -> list[str]:
+        keys = regime_keys(self.b, regime)
+        few = [f"task.few_shot={self.b['tune']['few_shot']}"] if regime == "few" else []
+        return few + [f"train.{k}={v}" for k, v in keys.items()]
 
-    def tune(info: dict) -> Job:
+    def tune(self, info: dict, lr: float) -> Job:
+        name, lora = run_name(info), info["tuning"] == "lora"
+        return Job(name, "finetune", str(self.runs / name), self.config(info["task"]),
+                   [f"model.path={self.base[info['base']]}", f"seed={info['seed']}",
+                    *(["tuning.method=lora"] if lora else []), *self.regime(info["regime"]),
+                    f"train.lr={lr}"], "summary.json", info=info)
+
+    def recycle(self, info: dict, bundle: str, base: str, lr: float | None = None) -> Job:
         name = run_name(info)
-        lora = ["tuning.method=lora"] if info["tuning"] == "lora" else []
-        return Job(name, "finetune", str(runs / name), config(info["task"]),
-                   [f"model.path={final(info['base'])}", f"seed={info['seed']}", *lora,
-                    *extra(info)], "summary.json", info=info)
-
-    def recycle(info: dict, bundle: str) -> Job:
-        name = run_name(info)
-        return Job(name, "recycle", str(runs / name), config(NEW_TASK),
-                   [f"seed={info['seed']}", *extra(info)],
+        overrides = [f"seed={info['seed']}", *self.regime(info["regime"])]
+        if lr is not None:
+            overrides.append(f"train.lr={lr}")
+        # compat at 0% of v1's run scores the v0 bundle on v0 itself: the curve's starting point
+        same_base = info["method"] == "compat" and info["point"] == 0.0
+        return Job(name, "recycle", str(self.runs / name), self.config(NEW_TASK), overrides,
                    "compat.json" if info["method"] == "compat" else "summary.json",
-                   {"method": info["method"], "bundle": bundle, "base": final("v1")}, info)
+                   {"method": info["method"], "bundle": bundle, "base": base,
+                    "same_base": same_base}, info)
 
-    jobs = [Job(v, "pretrain", str(runs / v), config(v), [], "final/config.json",
-                info={"kind": "pretrain"}) for v in VERSIONS]
-    groups = b["groups"]
-    settings = [s for s, (_, group) in CONTROLS.items() if group in (None, *groups)]
-    for task in TASKS:
-        for base in ("v0", "rand"):
-            jobs += [tune(tuned(task, base, tuning, regime)) for tuning, regime in settings]
-    old_full = final(run_name(tuned(NEW_TASK, "v0")))
-    jobs.append(tune(recycled("vanilla")))
-    jobs.append(recycle(recycled("compat"), old_full))
-    if "lora" in groups:
-        jobs.append(recycle(recycled("compat", tuning="lora"),
-                            final(run_name(tuned(NEW_TASK, "v0", "lora")))))
-    jobs.append(recycle(recycled("init"), old_full))
-    for seed in range(1, b["seeds"] + 1):
-        jobs.append(tune(recycled("vanilla", "few", seed)))
-        jobs += [recycle(recycled(m, "few", seed), old_full) for m in FEW_METHODS[1:]]
-    # the analyses on the new task: A tuned on v0, B on v1; control: A against the one on rand
-    pairs = {"a": old_full, "base_a": final("v0"),
-             "b": final(run_name(recycled("vanilla"))), "base_b": final("v1"),
-             "control_a": old_full, "control_base_a": final("v0"),
-             "control_b": final(run_name(tuned(NEW_TASK, "rand"))), "control_base_b": final("rand")}
-    a = b["analysis"]
-    for recipe, size in (("connectivity", {"points": a["points"]}),
-                         ("similarity", {"max_examples": a["similarity_examples"]})):
-        jobs.append(Job(recipe, recipe, str(runs / recipe), config(NEW_TASK), [],
-                        f"{recipe}.json", {"pairs": pairs, **size}, {"kind": "analysis"}))
-    return jobs
+    def stage_one(self, lrs: dict[str, float] | None = None) -> list[Job]:
+        """The bases, then the vanilla LR grid on v1 (seed 1, both regimes); with `lrs` (the
+        grid's choice per regime), the chosen grid runs are vanilla's seed-1 runs."""
+        names = (["v0"] if pretrains_v0(self.b, self.base_dir) else []) + ["v1", "rand"]
+        jobs = [Job(v, "pretrain", str(self.runs / v), self.config(v), [], "final/config.json",
+                    info={"kind": "pretrain"}) for v in names]
+        for regime in REGIMES:
+            for lr in self.b["tune"]["lr_grid"]:
+                info = grid(regime, lr, lrs is not None and lrs[regime] == lr)
+                jobs.append(self.tune(info, lr))
+        return jobs
+
+    def stage_two(self, lrs: dict[str, float]) -> list[Job]:
+        """Everything that uses the chosen LRs, in order (later jobs read earlier ones' files)."""
+        b, seeds = self.b, range(1, self.b["seeds"] + 1)
+        jobs = []
+        # the bundles tuned on v0 for the new task (seed 1 of full data is the one recycled), and
+        # v0 against v1 in both regimes
+        for regime in REGIMES:
+            jobs += [self.tune(tuned(NEW_TASK, "v0", "full", regime, s), lrs[regime])
+                     for s in seeds]
+        jobs.append(self.tune(tuned(NEW_TASK, "v0", "lora"), b["tune"]["lora_lr"]))
+        # the controls: does pretraining help here? (full FT, full data, seed 1, both tasks)
+        jobs.append(self.tune(tuned(OLD_TASK, "v0"), lrs["full"]))
+        jobs += [self.tune(tuned(task, "rand"), lrs["full"]) for task in TASKS]
+        old = {"full": self.final(tuned(NEW_TASK, "v0")),
+               "lora": self.final(tuned(NEW_TASK, "v0", "lora"))}
+        # compat along v1's continual pretraining: v0 itself, its exports, its final weights
+        points = {0.0: self.base["v0"],
+                  **{f: str(self.runs / "v1" / "exports" / f"step-{s}")
+                     for f, s in export_steps(b).items()}, 1.0: self.base["v1"]}
+        for tuning in COMPAT_TUNINGS:
+            jobs += [self.recycle(compat(tuning, point), old[tuning], base)
+                     for point, base in points.items()]
+        for regime in REGIMES:
+            jobs += [self.tune(recycled("vanilla", regime, s), lrs[regime]) for s in seeds
+                     if s > 1]  # seed 1: the chosen grid run
+            jobs += [self.recycle(recycled(m, regime, s), old["full"], self.base["v1"],
+                                  lrs[regime]) for m in METHODS[1:] for s in seeds]
+        # the analyses on the new task: A tuned on v0, B on v1; control: A against the one on rand
+        pairs = {"a": old["full"], "base_a": self.base["v0"],
+                 "b": self.final(grid("full", lrs["full"], True)), "base_b": self.base["v1"],
+                 "control_a": old["full"], "control_base_a": self.base["v0"],
+                 "control_b": self.final(tuned(NEW_TASK, "rand")),
+                 "control_base_b": self.base["rand"]}
+        a = b["analysis"]
+        for recipe, size in (("connectivity", {"points": a["points"]}),
+                             ("similarity", {"max_examples": a["similarity_examples"]})):
+            jobs.append(Job(recipe, recipe, str(self.runs / recipe), self.config(NEW_TASK), [],
+                            f"{recipe}.json", {"pairs": pairs, **size}, {"kind": "analysis"}))
+        return jobs

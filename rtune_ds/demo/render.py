@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rtune_ds.demo.plan import FEW_METHODS, NEW_TASK, TASKS
-from rtune_ds.demo.results import dev_curve
+from rtune_ds.demo.plan import METHODS, NEW_TASK, TASKS
+from rtune_ds.demo.results import REGIME_LABEL, dev_curve
 from rtune_ds.io import pyplot, save_figure, save_json, save_text
 
 
@@ -31,18 +31,26 @@ def fmt(x, digits: int = 3) -> str:
 
 
 def markdown(report: dict) -> str:
-    b = report["budget"]
+    b, base = report["budget"], report["base"]
+    t = b["tune"]
+    what = (f"v0 = `{base.get('origin', base['path'])}` as released (`{base['package']}` "
+            f"{base['version']}, {base['licence']})" if base["source"] == "released" else
+            f"v0 = `{base['path']}` (--base-dir)" if base["source"] == "--base-dir" else
+            f"v0 = preset `{base['preset']}` pretrained here")
     lines = [
         f"# rtune demo ({report['profile']})", "",
-        f"Model preset `{b['preset']}`, {b['precision']}, {report['nproc']} ranks, DeepSpeed "
-        f"`{report['ds_config']}`; {report['seeds']} few-shot seed(s); wall time "
-        f"{report['wall_time_s']:.0f} s ({len(report['jobs'])} jobs in one deepspeed launch, "
+        f"{what}; {b['precision']}, {report['nproc']} ranks, DeepSpeed `{report['ds_config']}`; "
+        f"wall time {report['wall_time_s']:.0f} s ({len(report['jobs'])} jobs, "
         f"{sum(1 for x in report['jobs'] if x['reused'])} reused). Every number below is read "
-        "from the run directories under `runs/` (TensorBoard: `tensorboard --logdir runs`).", ""]
+        "from the run directories under `runs/` (TensorBoard: `tensorboard --logdir runs`); the "
+        "sha256 of every file of v0 is in report.json (`base.sha256`).", ""]
+    lines += protocol(report)
     lines += pretraining_table(report["pretraining"])
     lines += ["## Results", "",
-              "Accuracy (dev: the kept state's; test: scored once with it). Few-shot rows: mean "
-              "over seeds, per seed in order of seed.", "",
+              f"Accuracy (dev: the kept best state's; test: scored once with it), mean over "
+              f"seeds (± sd), per seed in order of seed. Full data: {report['task_records']} "
+              f"records sampled per split; few-shot: {t['few_shot']} per class for train and dev "
+              "(seeded), the same test set.", "",
               "| task | run | dev acc | test acc (mean ± sd) | test per seed | majority |",
               "|---|---|---|---|---|---|"]
     for r in report["table"]:
@@ -50,44 +58,114 @@ def markdown(report: dict) -> str:
         sd = f" ± {fmt(r['test_std'])}" if len(r["test_per_seed"]) > 1 else ""
         lines.append(f"| {r['task']} | {r['run']} | {fmt(r['dev_mean'])} | "
                      f"{fmt(r['test_mean'])}{sd} | {per} | {fmt(r['majority'])} |")
-    c = report["convergence"]
-    lines += ["", "## Steps to target", "",
-              f"First dev evaluation at which a run reaches {c['fraction']:.0%} of the best dev "
-              "accuracy of the vanilla run (plain tuning of v1) of the same data and seed "
-              "(– = never).", "",
-              "| data | seed | target | " + " | ".join(FEW_METHODS) + " |",
-              "|---|---|---|" + "---|" * len(FEW_METHODS)]
-    for pr in c["pairs"]:
-        cells = [fmt((pr["methods"][m] or {}).get("step")) if m in pr["methods"] else "n/a"
-                 for m in FEW_METHODS]
-        lines.append(f"| {pr['regime']} | {pr['seed']} | {fmt(pr['vanilla_best'] * c['fraction'])}"
-                     " | " + " | ".join(cells) + " |")
-    lines += ["", "## The paper's findings at this scale", ""]
+    lines += compat_table(report["compat_curve"])
+    lines += convergence_table(report["convergence"])
+    lines += ["", "## Findings", ""]
     for key, f in report["findings"].items():
         lines += [f"### {key.replace('_', ' ')}: **{f['reproduced']}**", "",
                   f"- claim: {f['claim']}", f"- criterion: {f['criterion']}",
                   f"- numbers: `{json.dumps(f['evidence'], default=str)}`", ""]
     missing = [k for k, f in report["findings"].items() if f["reproduced"] != "yes"]
-    lines += ["**Did not reproduce here (fully):** " + (", ".join(missing) or "none") + ".", "",
-              "## Plots", "", *(f"![{name}]({name})" for name in report["plots"]), ""]
+    lines += ["**Did not reproduce here (fully):** " + (", ".join(missing) or "none") + ".", ""]
+    lines += phase_table(report["phases"])
+    lines += ["## Plots", "", *(f"![{name}]({name})" for name in report["plots"]), ""]
     return "\n".join(lines)
 
 
+def protocol(report: dict) -> list[str]:
+    """The fair protocol as run: the LR grid and its choice, early stopping, seeds."""
+    t, lrs = report["budget"]["tune"], report["chosen_lr"]
+    lines = ["## Protocol", "",
+             f"- LR: the vanilla baseline (plain fine-tuning of v1, full FT, seed 1) is tuned on "
+             f"dev over {', '.join(f'{x:g}' for x in t['lr_grid'])} per regime; every recycled "
+             "arm (init, distill, init+distill) and the v0 runs use the LR chosen for their "
+             f"regime: full data {lrs['full']:g}, few-shot {lrs['few']:g} (the LoRA bundle: "
+             f"{t['lora_lr']:g}, fixed). The random-init control uses the full-data LR too, "
+             "chosen for pretrained weights: it favours v0 in that control.",
+             *(f"- {REGIME_LABEL[r]}: evaluate dev every {t[r]['eval_every']} steps, stop when dev "
+               f"accuracy has not improved for {t[r]['patience']} evaluations (cap "
+               f"{t[r]['max_steps']} steps), keep the best dev state, score test there once."
+               for r in ("full", "few")),
+             f"- seeds: {report['seeds']} per arm and regime (the seed draws the head, the data "
+             "order and the few-shot sample); the controls on random init: seed 1.", "",
+             "| regime | LR | dev acc (seed 1) | best step | early-stopped |", "|---|---|---|---|---|"]
+    for regime, rows in report["grid"].items():
+        for r in rows:
+            mark = " (chosen)" if r["lr"] == lrs[regime] else ""
+            lines.append(f"| {REGIME_LABEL[regime]} | {r['lr']:g}{mark} | {fmt(r['dev'])} | "
+                         f"{r['best_step']} | {r['early_stopped']} |")
+    return lines + [""]
+
+
 def pretraining_table(p: dict) -> list[str]:
-    """LM eval losses per domain: untrained, v0, v1 (v0's computing loss: v1 at step 0)."""
-    v0, v1 = p["v0"], p["v1"]
-    first0, first1, final0, final1 = (v0["first_eval"] or {}, v1["first_eval"] or {},
-                                      v0["final_eval"], v1["final_eval"])
+    """MLM/LM eval losses per domain along the pretraining runs made here."""
     general, computing = "eval/loss/general", "eval/loss/computing"
-    return ["## Pretraining", "",
-            "| model | steps | tokens | eval loss general | eval loss computing |",
-            "|---|---|---|---|---|",
-            f"| untrained (v0 at step 0) | 0 | 0 | {fmt(first0.get(general))} | – |",
-            f"| v0 | {v0['steps']} | {v0['tokens']} | {fmt(final0.get(general))} "
-            f"| {fmt(first1.get(computing))} |",
-            f"| v1 | +{v1['steps']} | +{v1['tokens']} | {fmt(final1.get(general))} "
-            f"| {fmt(final1.get(computing))} |", "",
-            "v0's computing loss is v1's evaluation at step 0 (v0's weights).", ""]
+    lines = ["## Continual pretraining", "",
+             "| run | steps | tokens | eval loss general | eval loss computing |",
+             "|---|---|---|---|---|"]
+    if "v0" in p:
+        v0 = p["v0"]
+        lines.append(f"| v0 (from the preset, untrained at step 0) | {v0['steps']} | "
+                     f"{v0['tokens']} | {fmt((v0['first_eval'] or {}).get(general))} → "
+                     f"{fmt(v0['final_eval'].get(general))} | – |")
+    v1 = p["v1"]
+    first = v1["first_eval"] or {}
+    lines += [f"| v1 at step 0 (v0's weights{', its new head warmed up' if v1['new_head'] else ''})"
+              f" | 0 | 0 | {fmt(first.get(general))} | {fmt(first.get(computing))} |",
+              f"| v1 | +{v1['steps']} | +{v1['tokens']} | {fmt(v1['final_eval'].get(general))} "
+              f"| {fmt(v1['final_eval'].get(computing))} |", ""]
+    if v1["new_head"]:
+        h = v1["new_head"]
+        loss = h.get("warmup_loss") or {}
+        lines += [f"v0 has no MLM head: {len(h['initialised'])} tensors initialised ({h['init']}) "
+                  f"and trained alone for {h['warmup_steps']} steps at LR {h['warmup_lr']:g} "
+                  f"(loss {fmt(loss.get('first'))} → {fmt(loss.get('last'))}) before the "
+                  "schedule.", ""]
+    if v1["carried_from_parent"]:
+        lines += ["Carried from v0 unchanged into v1 (not held by the MLM class): "
+                  f"{', '.join(f'`{n}`' for n in v1['carried_from_parent'])}.", ""]
+    return lines
+
+
+def compat_table(curve: dict[str, list[dict]]) -> list[str]:
+    """Compat (no training) of the v0 bundles along v1's continual pretraining."""
+    points = sorted({p["point"] for rows in curve.values() for p in rows})
+    if not points:
+        return []
+    lines = ["", "## Compatibility along the continual pretraining", "",
+             "Dev accuracy of the bundles tuned on v0, applied with no training to v1's weights "
+             "at each share of its steps (0%: v0 itself).", "",
+             "| bundle | " + " | ".join(f"{p:.0%}" for p in points) + " | majority |",
+             "|---|" + "---|" * (len(points) + 1)]
+    for tuning, rows in curve.items():
+        dev = {p["point"]: p["dev"] for p in rows}
+        if rows:
+            lines.append(f"| {tuning} | " + " | ".join(fmt(dev.get(p)) for p in points)
+                         + f" | {fmt(rows[0]['majority'])} |")
+    return lines
+
+
+def convergence_table(conv: dict) -> list[str]:
+    lines = ["", "## Convergence", "",
+             "The first dev evaluation at which each run reaches the converged best dev accuracy "
+             "of vanilla (same regime and seed): step / examples / wall time in s (– = never).",
+             "", "| regime | seed | vanilla best | " + " | ".join(METHODS) + " |",
+             "|---|---|---|" + "---|" * len(METHODS)]
+    for pr in conv["pairs"]:
+        cells = []
+        for m in METHODS:
+            hit = pr["methods"].get(m)
+            cells.append("n/a" if m not in pr["methods"] else "–" if hit is None else
+                         f"{hit['step']} / {hit['examples']} / {fmt(hit['wall_time_s'], 0)}")
+        lines.append(f"| {REGIME_LABEL[pr['regime']]} | {pr['seed']} | "
+                     f"{fmt(pr['vanilla_best'])} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def phase_table(phases: dict[str, float]) -> list[str]:
+    lines = ["## Wall time per phase", "", "| phase | s |", "|---|---|"]
+    lines += [f"| {name} | {fmt(s, 0)} |" for name, s in phases.items()]
+    return lines + [""]
 
 
 # ---------------------------------------------------------------- plots
@@ -97,7 +175,8 @@ def plots(report: dict, logs: dict[str, list[dict]], conn: dict, sim: dict,
     """Write the PNGs into `out`; their file names, in report order."""
     made = {"results.png": results_plot(report["table"]),
             "convergence.png": convergence_plot(report["convergence"], logs),
-            "pretraining.png": pretraining_plot(report["pretraining"])}
+            "pretraining.png": pretraining_plot(report["pretraining"]),
+            "compat.png": compat_plot(report["compat_curve"])}
     for name, fig in made.items():
         save_figure(fig, out / name)
     names = list(made)
@@ -132,21 +211,19 @@ def results_plot(rows: list[dict]):
 
 
 def convergence_plot(conv: dict, logs: dict[str, list[dict]]):
-    """Dev accuracy over steps on v1: full data (vanilla, init), few-shot (a line per seed)."""
+    """Dev accuracy over steps on v1, one panel per regime, a line per method and seed."""
     fig, axes = pyplot().subplots(1, 2, figsize=(11, 4))
-    colors = dict(zip(FEW_METHODS, ("C0", "C1", "C2", "C3")))
+    colors = dict(zip(METHODS, ("C0", "C1", "C2", "C3")))
     labelled = set()
     for pr in conv["pairs"]:
-        full = pr["regime"] == "full"
-        ax, style = (axes[0], {"marker": "o", "ms": 3}) if full else (axes[1], {"alpha": 0.7})
+        ax = axes[0 if pr["regime"] == "full" else 1]
         for method, name in pr["runs"].items():
             xs = dev_curve(logs[name])
-            ax.plot([x for x, _ in xs], [y for _, y in xs], color=colors[method],
-                    label=None if (full, method) in labelled else method, **style)
-            labelled.add((full, method))
-    axes[0].set_title(f"{NEW_TASK} on v1, full data")
-    axes[1].set_title(f"{NEW_TASK} on v1, few-shot (one line per seed)")
-    for ax in axes:
+            ax.plot([x for x, _ in xs], [y for _, y in xs], color=colors[method], alpha=0.7,
+                    label=None if (pr["regime"], method) in labelled else method)
+            labelled.add((pr["regime"], method))
+    for ax, regime in zip(axes, ("full", "few")):
+        ax.set_title(f"{NEW_TASK} on v1, {REGIME_LABEL[regime]} (a line per seed)")
         ax.set_xlabel("step")
         ax.set_ylabel("dev accuracy")
         ax.legend(fontsize=8)
@@ -154,17 +231,31 @@ def convergence_plot(conv: dict, logs: dict[str, list[dict]]):
 
 
 def pretraining_plot(p: dict):
-    """LM eval loss per domain over v0's steps, then v1's (v1 continues v0)."""
+    """LM eval loss per domain over the pretraining runs made here (v1 continues v0)."""
     fig, ax = pyplot().subplots(figsize=(7, 4))
     offset = 0
-    for v in ("v0", "v1"):
+    for v in (v for v in ("v0", "v1") if v in p):
         for key, style in (("eval/loss/general", "-"), ("eval/loss/computing", "--")):
             pts = [(r["step"] + offset, r[key]) for r in p[v]["evals"] if key in r]
             if pts:
                 ax.plot([x for x, _ in pts], [y for _, y in pts], style, marker="o", ms=3,
                         label=f"{v} {key.rsplit('/', 1)[1]}")
         offset += p[v]["steps"]
-    ax.set_xlabel("pretraining step (v1 continues v0)")
+    ax.set_xlabel("pretraining step" + (" (v1 continues v0)" if "v0" in p else " of v1"))
     ax.set_ylabel("eval loss")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def compat_plot(curve: dict[str, list[dict]]):
+    """Compat dev accuracy of each v0 bundle along v1's continual pretraining."""
+    fig, ax = pyplot().subplots(figsize=(6, 4))
+    for tuning, rows in curve.items():
+        if rows:
+            ax.plot([100 * r["point"] for r in rows], [r["dev"] for r in rows], marker="o",
+                    label=f"v0 {tuning} bundle")
+            ax.axhline(rows[0]["majority"], color="r", ls=":")
+    ax.set_xlabel("% of v1's continual-pretraining steps (0: v0)")
+    ax.set_ylabel("dev accuracy, no training")
     ax.legend(fontsize=8)
     return fig

@@ -45,7 +45,8 @@ def run_job(job: Job) -> None:
         (pretrain if job.recipe == "pretrain" else finetune).run(cfg, where, "auto", job.command())
     elif job.recipe == "recycle":
         cfg = load_run_config(job.config, [*overrides, f"model.path={o['base']}"], "finetune")
-        recycle.run(cfg, where, "auto", job.command(), o["bundle"], o["method"], Policy())
+        recycle.run(cfg, where, "auto", job.command(), o["bundle"], o["method"], Policy(),
+                    o["same_base"])
     else:
         p = o["pairs"]
         pairs = analyze.open_pairs(p["a"], p["base_a"], p["b"], p["base_b"],

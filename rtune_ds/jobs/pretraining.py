@@ -7,6 +7,9 @@ import copy
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from transformers import AutoConfig
+
 from rtune_ds import dist
 from rtune_ds.artifacts import checkpoint
 from rtune_ds.artifacts.checkpoint import needs_universal, resume_tag_of
@@ -21,6 +24,7 @@ from rtune_ds.errors import ConfigError, RunError
 from rtune_ds.models.hf_config import check_positions, hidden_size_of, objective_of
 from rtune_ds.models.loader import (
     ParentTensors,
+    base_auto_class,
     checkpoint_files,
     compare_with_parent,
     init_head,
@@ -77,8 +81,10 @@ def plan(cfg: RunConfig, where: str, resume: str | None) -> Plan:
     hidden = preset_hidden_size(m.preset) if m.preset else hidden_size_of(m.path)
     if m.path:  # a preset is built with positions for data.seq_len
         check_positions(m.path, cfg.data.seq_len, "data.seq_len", "per block", where)
+    # a random init takes nothing from model.path's weights: no head to warm, no tensor to carry
     parent = (compare_with_parent(meta_base_model(m.path, objective, m.trust_remote_code),
-                                  checkpoint_files(m.path, where)) if m.path else None)
+                                  checkpoint_files(m.path, where))
+              if m.path and m.init == "pretrained" else None)
     head_warmup_steps = head_warmup_steps_of(cfg, parent, where)
     schedule = make_schedule(cfg, where)
     ds_config, precision = resolve_ds_config(ds_in, ds_where, cfg, world, grad_accum,
@@ -138,6 +144,11 @@ def build_model(p: Plan, tokenizer):
     m = p.cfg.model
     if m.preset:
         return build_preset(m.preset, tokenizer, p.cfg.data.seq_len, p.cfg.seed)
+    if m.init == "random":  # the seed alone draws every weight, the same on every rank
+        torch.manual_seed(p.cfg.seed)
+        return base_auto_class(p.objective).from_config(
+            AutoConfig.from_pretrained(m.path, trust_remote_code=m.trust_remote_code),
+            trust_remote_code=m.trust_remote_code)
     model, missing = load_local(m.path, p.objective, p.ds_config, m.trust_remote_code)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         raise ConfigError(f"{p.where}: key 'model.tokenizer': {len(tokenizer)} tokens but the "
@@ -197,3 +208,9 @@ def head_lineage(p: Plan, run_dir: Path) -> dict | None:
             "warmup_tokens": p.head_warmup_steps * p.ds_config["train_batch_size"]
             * p.cfg.data.seq_len,
             "warmup_loss": {"first": losses[0], "last": losses[-1]} if losses else None}
+
+
+def carry_from(p: Plan) -> str | None:
+    """The parent whose tensors the trained class does not hold go into the exports: model.path,
+    unless the model was drawn at random (model.init), which holds nothing of the parent's."""
+    return p.cfg.model.path if p.parent is not None else None

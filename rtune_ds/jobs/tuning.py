@@ -115,7 +115,7 @@ def tune(p: Plan, model, head: list[str], tokenizer, data: TaskData, command: st
         tokens_per_sample=train.lengths.double().mean().item(), stop_after=t.stop_after,
         eval_every=t.eval_every, save_every=t.save_every, log_every=t.log_every,
         resume_tag=p.resume_tag, best_metric=p.best_metric, best_mode=p.best_mode,
-        nonfinite=t.nonfinite)
+        nonfinite=t.nonfinite, patience=t.patience)
     result = engine.train(model, spec, ExampleSource(train, cfg.seed), loss,
                           evaluator(p, data, tokenizer, "dev"))
     if result.finished:
@@ -155,6 +155,7 @@ def finish(p: Plan, result: engine.TrainResult, tokenizer, data: TaskData, head:
         save_json({"step": result.step, "world_size": dist.world_size(),
                    "zero_stage": p.ds_config["zero_optimization"]["stage"],
                    "precision": p.precision, "best_step": result.best_step,
+                   "early_stopped": result.early_stopped, "patience": cfg.train.patience,
                    "best_eval": result.best_eval, "final_eval": result.last_eval,
                    "metrics": metrics, "sizes": data.sizes,
                    "median_step_time_s": result.median_step_time,

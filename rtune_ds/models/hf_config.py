@@ -13,13 +13,23 @@ def read_hf_config(path: str | Path) -> dict:
 
 def objective_of(path: str | Path) -> str:
     """clm or mlm, from the architectures a saved HF config names."""
-    archs = " ".join(read_hf_config(path).get("architectures") or [])
+    config = read_hf_config(path)
+    archs = " ".join(config.get("architectures") or [])
     if "MaskedLM" in archs:
         return "mlm"
     if "CausalLM" in archs:
         return "clm"
+    if archs.endswith("Model") and not config.get("is_decoder") and is_encoder(config):
+        return "mlm"  # a bare encoder as released (BertModel): its pretraining objective
     raise ConfigError(f"{path}/config.json: cannot tell the objective from architectures "
                       f"{archs!r}; set model.objective")
+
+
+def is_encoder(config: dict) -> bool:
+    """Whether transformers has a masked LM for the config's model_type (BERT, RoBERTa, ...)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return config.get("model_type") in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
 def hidden_size_of(path: str | Path) -> int:

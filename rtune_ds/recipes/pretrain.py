@@ -6,7 +6,8 @@
    lacks is initialised from the seed);
 4. on a fresh start, warm up such a head alone (the one loop, the rest frozen);
 5. run the one training loop; export the model with its lineage when the schedule is done,
-   carrying the parent's tensors the trained model does not hold.
+   carrying the parent's tensors the trained model does not hold (and the same way at the steps
+   of train.export_fractions, to exports/step-<N>/, for evaluations along the run).
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def run(cfg: RunConfig, where: str, resume: str | None, command: str) -> engine.
         micro_batch=t.micro_batch_size, grad_accum=p.grad_accum,
         tokens_per_sample=cfg.data.seq_len, stop_after=t.stop_after, eval_every=t.eval_every,
         save_every=t.save_every, log_every=t.log_every, resume_tag=resume_tag,
-        nonfinite=t.nonfinite)
+        nonfinite=t.nonfinite, after_step=exporter(p, tokenizer, data, command))
     warmup = pretraining.warm_up_head(p, model, source, run_dir)
     if warmup is not None and warmup.stopped_by_signal:
         if dist.is_main():
@@ -68,22 +69,51 @@ def run(cfg: RunConfig, where: str, resume: str | None, command: str) -> engine.
     return result
 
 
+def lineage_at(p: pretraining.Plan, data: LMData, command: str, step: int, tokens: int,
+               extra: dict) -> dict:
+    """The lineage of the model at `step`: final/'s and each intermediate export's."""
+    s = p.schedule
+    return lineage_record(
+        command, p.cfg.to_dict(), p.cfg.model.path, data.describe(), step, tokens,
+        {"objective": p.objective, "precision": p.precision,
+         "schedule": {"kind": p.cfg.train.schedule, "peak_lr": s.peak_lr, "min_lr": s.min_lr,
+                      "warmup_steps": s.warmup_steps, "total_steps": s.total_steps,
+                      "switch_step": p.switch_step},
+         "new_head": pretraining.head_lineage(p, Path(p.cfg.run_dir)), **extra})
+
+
+def export_steps(fractions: list[float], max_steps: int) -> set[int]:
+    """The steps of train.export_fractions: round(f * max_steps), once each, in (0, max_steps)."""
+    return {step for step in (round(f * max_steps) for f in fractions) if 0 < step < max_steps}
+
+
+def exporter(p: pretraining.Plan, tokenizer, data: LMData, command: str):
+    """The loop's after_step that writes run_dir/exports/step-<N>/ as final/ is written, once: a
+    resume that passes N again (from an earlier checkpoint) keeps the export already there."""
+    steps = export_steps(p.cfg.train.export_fractions, p.cfg.train.max_steps)
+    if not steps:
+        return None
+
+    def after_step(eng, step: int, tokens: int) -> None:
+        out = Path(p.cfg.run_dir) / "exports" / f"step-{step}"
+        # rank 0's view decides for all: a ZeRO-3 export is collective
+        if step in steps and not dist.broadcast_object(out.is_dir()):
+            export_hf(eng, tokenizer, out,
+                      lineage_at(p, data, command, step, tokens, {"intermediate": True}),
+                      pretraining.carry_from(p))
+
+    return after_step
+
+
 def finish(p: pretraining.Plan, result: engine.TrainResult, tokenizer, data: LMData,
            command: str) -> None:
     """Export final/ with lineage; record every rank's weight digest in summary.json."""
     run_dir = Path(p.cfg.run_dir)
     digests = dist.all_gather_object(weights_digest(result.engine))
     peak_rss_mb = dist.all_gather_object(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    s = p.schedule
-    lineage = lineage_record(
-        command, p.cfg.to_dict(), p.cfg.model.path, data.describe(), result.step, result.tokens,
-        {"objective": p.objective, "precision": p.precision,
-         "schedule": {"kind": p.cfg.train.schedule, "peak_lr": s.peak_lr, "min_lr": s.min_lr,
-                      "warmup_steps": s.warmup_steps, "total_steps": s.total_steps,
-                      "switch_step": p.switch_step},
-         "final_eval": result.last_eval,
-         "new_head": pretraining.head_lineage(p, run_dir)})
-    export_hf(result.engine, tokenizer, run_dir / "final", lineage, p.cfg.model.path)
+    lineage = lineage_at(p, data, command, result.step, result.tokens,
+                         {"final_eval": result.last_eval})
+    export_hf(result.engine, tokenizer, run_dir / "final", lineage, pretraining.carry_from(p))
     if dist.is_main():
         save_json({"step": result.step, "tokens": result.tokens, "world_size": dist.world_size(),
                    "zero_stage": p.ds_config["zero_optimization"]["stage"],

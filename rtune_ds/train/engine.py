@@ -50,6 +50,10 @@ class LoopSpec:
     best_metric: str | None = None  # keep the weights of the best eval by this key; reload at the end
     best_mode: str = "max"  # max | min
     nonfinite: str = "stop"  # a NaN/Inf loss on any rank: stop (RunError) | skip that step's update
+    patience: int | None = None  # with best_metric: end after this many evals without a better one
+    # called on every rank after each optimizer step with (engine, step, tokens); collective work
+    # (a ZeRO-3 export) is allowed, as every rank reaches it at the same step
+    after_step: Callable[[Any, int, int], None] | None = None
 
 
 @dataclass
@@ -63,6 +67,7 @@ class TrainResult:
     best_step: int | None = None
     step_times: list[float] = field(default_factory=list)
     stopped_by_signal: bool = False
+    early_stopped: bool = False  # train.patience evals without improvement before max_steps
 
     @property
     def median_step_time(self) -> float:
@@ -97,6 +102,10 @@ def train(model: torch.nn.Module, spec: LoopSpec, source: BatchSource,
     best = BestState(spec.best_metric, spec.best_mode) if spec.best_metric else None
     if best and spec.resume_tag:
         best.load_state_dict(state.get("best"))
+
+    def patience_spent() -> bool:  # also on resume: a relaunch of an early-stopped run ends at once
+        return bool(best and spec.patience and best.stale >= spec.patience)
+
     monitor = Monitor(spec.run_dir, step, spec.max_steps)
     result = TrainResult(engine, step, False, tokens)
 
@@ -129,7 +138,7 @@ def train(model: torch.nn.Module, spec: LoopSpec, source: BatchSource,
     # an update whose norm is NaN/Inf; plain stage 0 steps the torch optimizer directly
     unchecked_grads = engine.optimizer is engine.basic_optimizer
     stop = StopRequest()
-    while step < launch_end:
+    while step < launch_end and not patience_spent():
         started = time.perf_counter()
         rows = source.global_batch(step, global_batch)
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, NaN/Inf gradients, stop request
@@ -180,6 +189,8 @@ def train(model: torch.nn.Module, spec: LoopSpec, source: BatchSource,
                 scalars["train/grad_norm"] = float(grad_norm)
             monitor.log(step, scalars)
             monitor.advance(step, mean_loss)
+        if spec.after_step:
+            spec.after_step(engine, step, tokens)
         if spec.eval_every and (step % spec.eval_every == 0 or step == spec.max_steps):
             run_eval()
         if spec.save_every and step % spec.save_every == 0:
@@ -192,7 +203,9 @@ def train(model: torch.nn.Module, spec: LoopSpec, source: BatchSource,
     if step > saved_at:
         save()
     monitor.close()
-    result.step, result.tokens, result.finished = step, tokens, step >= spec.max_steps
+    result.early_stopped = step < spec.max_steps and patience_spent()
+    result.step, result.tokens = step, tokens
+    result.finished = step >= spec.max_steps or result.early_stopped
     if best and result.finished and best.step is not None:
         best.restore(engine.module)  # the optimizer is not rolled back: training has ended
         result.best_eval, result.best_step = best.eval, best.step

@@ -27,6 +27,7 @@ class BestState:
         self.tensors: dict[str, torch.Tensor] = {}
         self.world_size: int | None = None
         self.partitioned = False  # ZeRO-3 partitions: valid only at the same world size
+        self.stale = 0  # evals since the best one (early stopping counts them)
 
     def offer(self, module: torch.nn.Module, step: int, scores: dict[str, float]) -> None:
         if self.metric not in scores:
@@ -34,8 +35,9 @@ class BestState:
                               f"({', '.join(sorted(scores))})")
         value, best = scores[self.metric], self.eval.get(self.metric)
         if best is not None and not (value > best if self.mode == "max" else value < best):
+            self.stale += 1
             return
-        self.step, self.eval = step, dict(scores)
+        self.step, self.eval, self.stale = step, dict(scores), 0
         self.tensors = {}
         self.world_size = dist.world_size()
         self.partitioned = any(hasattr(p, "ds_tensor") for p in module.parameters())
@@ -55,7 +57,8 @@ class BestState:
 
     def state_dict(self) -> dict:
         return {"step": self.step, "eval": self.eval, "tensors": self.tensors,
-                "world_size": self.world_size, "partitioned": self.partitioned}
+                "world_size": self.world_size, "partitioned": self.partitioned,
+                "stale": self.stale}
 
     def load_state_dict(self, state: dict | None) -> None:
         if not state:
@@ -65,6 +68,7 @@ class BestState:
                               f"{state.get('world_size')} ranks; resume it on that many ranks")
         self.step, self.eval, self.tensors = state["step"], state["eval"], state["tensors"]
         self.world_size, self.partitioned = state.get("world_size"), state.get("partitioned")
+        self.stale = state.get("stale", 0)
 
 
 class StopRequest:

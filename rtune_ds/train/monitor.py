@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -22,7 +23,9 @@ class Monitor:
         from torch.utils.tensorboard import SummaryWriter
 
         self.metrics_path = run_dir / "metrics.jsonl"
-        _truncate_after(self.metrics_path, start_step)
+        kept = _truncate_after(self.metrics_path, start_step)
+        # wall_time: seconds of this run so far, across the launches of a resumed run
+        self.started = time.time() - (kept[-1].get("wall_time", 0.0) if kept else 0.0)
         # purge_step drops events a crashed launch wrote past the checkpoint we resume from
         self.writer = SummaryWriter(str(run_dir / "tensorboard"),
                                     purge_step=start_step + 1 if start_step else None)
@@ -35,7 +38,8 @@ class Monitor:
             return
         for key, value in scalars.items():
             self.writer.add_scalar(key, value, step)
-        append_jsonl({"step": step, **scalars}, self.metrics_path)
+        append_jsonl({"step": step, **scalars,
+                      "wall_time": round(time.time() - self.started, 3)}, self.metrics_path)
 
     def advance(self, step: int, loss: float | None = None) -> None:
         if self.bar is not None:
@@ -50,13 +54,14 @@ class Monitor:
             self.bar.close()
 
 
-def _truncate_after(path: Path, step: int) -> None:
-    """Keep only the records up to `step` (a resumed run rewrites what follows)."""
+def _truncate_after(path: Path, step: int) -> list[dict]:
+    """Keep only the records up to `step` (a resumed run rewrites what follows); returns them."""
     if not path.exists():
-        return
+        return []
     kept = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line)["step"] <= step]
     save_text("".join(line + "\n" for line in kept), path)
+    return [json.loads(line) for line in kept]
 
 
 def read_metrics(path: str | Path) -> list[dict]:

