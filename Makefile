@@ -22,7 +22,7 @@ main: venv
 
 # The whole test suite (CI runs exactly this)
 test: venv
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=25
 
 # The fast subset, for development
 test-fast: venv
