@@ -17,6 +17,7 @@ import pytest
 from rtune_ds.cli import parser
 from rtune_ds.data.tasks import build_task
 from rtune_ds.demo import findings as F
+from rtune_ds.demo import results
 from rtune_ds.demo.plan import (
     METHODS,
     REGIMES,
@@ -102,6 +103,25 @@ def test_every_arm_runs_each_seed_and_regime_at_the_lr_the_grid_chose(tmp_path, 
     points = sorted(j.info["point"] for j in jobs if j.info.get("method") == "compat"
                     and j.info["tuning"] == "full")
     assert points == [0.0, *b["cpt"]["exports"], 1.0]
+
+
+def test_the_report_lists_the_tensors_v1_carried_from_v0(tmp_path):
+    """results.pretraining reads v1's lineage as hf_export writes it: the carried tensors are the
+    keys of carried_from_parent.tensors (the pooler of a BertModel parent), not the record's keys."""
+    v1 = tmp_path / "v1"
+    (v1 / "final").mkdir(parents=True)
+    evals = [{"step": 0, "eval/loss": 3.0}, {"step": 4, "eval/loss": 2.5}]
+    (v1 / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
+    (v1 / "summary.json").write_text(json.dumps({"step": 4, "tokens": 64,
+                                                 "final_eval": evals[-1]}))
+    carried = {"bert.pooler.dense.weight": {"from": "pooler.dense.weight"},
+               "bert.pooler.dense.bias": {"from": "pooler.dense.bias"}}
+    (v1 / "final" / "lineage.json").write_text(json.dumps(
+        {"carried_from_parent": {"tensors": carried, "recomputed_buffers": [],
+                                 "copied_unchanged": True}}))
+    pre = results.pretraining(tmp_path)["v1"]
+    assert pre["carried_from_parent"] == sorted(carried)
+    assert (pre["first_eval"], pre["final_eval"]) == (evals[0], evals[-1])
 
 
 def fixture_data(out: Path) -> Path:
