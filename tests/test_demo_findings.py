@@ -273,6 +273,19 @@ def test_seeds_won_pairs_the_same_seeds_and_a_tie_is_no_win():
     assert seeds_won({1: 0.3, 2: 0.3}, {1: 0.3, 2: 0.4}) == "1/2"
 
 
+@pytest.mark.parametrize("distill, verdict", [
+    ({1: 0.70, 2: 0.60, 3: 0.61}, "no"),  # mean 0.637 > 0.62, carried by seed 1: 1/3 seeds
+    ({1: 0.64, 2: 0.63, 3: 0.61}, "yes"),  # mean 0.627 > 0.62 and 2/3 seeds
+    ({1: 0.63, 2: 0.63, 3: 0.50}, "no"),  # 2/3 seeds, but the mean 0.587 is lower
+])
+def test_a_win_needs_the_higher_mean_and_most_seeds(distill, verdict):
+    vanilla = {1: 0.62, 2: 0.62, 3: 0.62}
+    runs = [summary(recycled(m, "few", seed), x)
+            for m, xs in (("vanilla", vanilla), ("distill", distill)) for seed, x in xs.items()]
+    found = F.distill_beats_vanilla_few_shot(table({run_name(r): r for r in runs}))
+    assert found["reproduced"] == verdict
+
+
 # ---------------------------------------------------------------- missing runs and inputs
 
 NOT_RUN = "not run"
