@@ -68,12 +68,19 @@ def parser() -> argparse.ArgumentParser:
                          "teacher's; default: the path the bundle records)")
     recycle.add_argument("--bundle", required=True,
                          help="an rtune bundle, or a PEFT adapter directory saved by peft")
-    many = sub.add_parser("recycle-all", help="compat of every bundle in a directory on a new "
-                          "base, ranked in a table")
+    many = sub.add_parser("recycle-all", help="every bundle in a directory on a new base loaded "
+                          "once: compat, a decision per bundle (keep / init / init+distill), "
+                          "and with --then tune the recommended re-tuning")
     many.add_argument("--bundles", required=True, help="a directory of bundle directories")
     many.add_argument("--config", help="task keys for all bundles (default: each bundle's own)")
     many.add_argument("--ds-config", help="DeepSpeed JSON")
     many.add_argument("--out", default="runs/recycle_all", help="one run dir per bundle below this")
+    many.add_argument("--keep-at", type=float, default=0.9, help="keep a bundle whose compat "
+                      "score keeps this share of its old gain over the majority baseline")
+    many.add_argument("--few-shot-at", type=int, default=32, help="a task with at most this many "
+                      "train examples per label is few-shot (re-tuned with init+distill)")
+    many.add_argument("--then", choices=["tune"], help="tune: run the recommended recycling of "
+                      "every bundle that needs it (a queue that resumes when rerun)")
     _add_recycle_args(many)
     many.add_argument("overrides", nargs="*", help="dotted overrides for every bundle's job")
     analyze = sub.add_parser("analyze", help="analyses of tuned models").add_subparsers(
@@ -112,6 +119,10 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="output directory (replaced)")
     export.add_argument("--allow-other-base", action="store_true",
                         help="apply even if the base's fingerprint is not the bundle's")
+    lineage = sub.add_parser("lineage", help="the tree of what made an artifact (bases, bundles, "
+                             "data, commands) back to its origin")
+    lineage.add_argument("path", help="a base, a bundle, or a run dir")
+    lineage.add_argument("--json", action="store_true", help="the tree as JSON")
     data = sub.add_parser("data", help="data preparation").add_subparsers(dest="data_command",
                                                                           required=True)
     prep = data.add_parser("prepare", help="build corpora from Debian's wordnet-base and dict-foldoc")
@@ -149,6 +160,15 @@ def parser() -> argparse.ArgumentParser:
     bmap.add_argument("--preset", default="llama-100m", help="the base's shape (random weights)")
     bmap.add_argument("--repeats", type=int, default=7)
     bmap.add_argument("--out", default="runs/bench_mapping", help="where the JSON is written")
+    brec = bench.add_parser("recycle-all", help="a library of bundles recycled by one "
+                            "recycle-all launch vs one launch per bundle")
+    brec.add_argument("--bundles", type=int, default=32, help="bundles in the library")
+    brec.add_argument("--preset", default="llama-30m", help="the base's shape (random weights)")
+    brec.add_argument("--nproc", type=int, default=2, help="ranks per launch")
+    brec.add_argument("--ds-config", help="DeepSpeed JSON of every launch")
+    brec.add_argument("--examples", type=int, default=64, help="dev and test examples per task")
+    brec.add_argument("--max-len", type=int, default=64, help="task.max_len")
+    brec.add_argument("--out", default="runs/bench_recycle_all", help="a new directory")
     bkd = bench.add_parser("distill", help="step time and memory: distill vs plain fine-tuning")
     bkd.add_argument("--config", required=True, help="RunConfig with the task keys")
     bkd.add_argument("--ds-config", help="DeepSpeed JSON of the student (both runs)")
@@ -251,20 +271,24 @@ def main(argv: list[str] | None = None) -> int:
             policy = Policy(parse_name_map(args.name_map, where), args.allow_partial)
             recycle.run(cfg, where, args.resume, "rtune " + " ".join(argv), args.bundle,
                         args.method, policy, args.force_same_base, args.old_base)
-        elif args.command == "recycle-all" or (args.command == "analyze"
-                                                and args.analyze_command == "compat"):
-            from rtune_ds.recipes import compat_many
+        elif args.command in ("recycle-all", "analyze") and (args.command == "recycle-all"
+                                                              or args.analyze_command == "compat"):
             from rtune_ds.recycling.mapping import Policy, parse_name_map
 
             policy = Policy(parse_name_map(args.name_map, "command line"), args.allow_partial)
             overrides = [*args.overrides, *([f"deepspeed={args.ds_config}"] if args.ds_config else [])]
             command = "rtune " + " ".join(argv)
             if args.command == "recycle-all":
-                compat_many.recycle_all(args.bundles, args.base, args.config, overrides, args.out,
-                                        policy, command, args.force_same_base)
+                from rtune_ds.recipes import recycle_all
+
+                recycle_all.recycle_all(args.bundles, args.base, args.config, overrides, args.out,
+                                        policy, command, args.force_same_base, args.keep_at,
+                                        args.few_shot_at, args.then)
             else:
-                compat_many.compat_curve(args.bundle, args.bases, args.config, overrides,
-                                         args.out, policy, command)
+                from rtune_ds.recipes import compat_curve
+
+                compat_curve.compat_curve(args.bundle, args.bases, args.config, overrides,
+                                          args.out, policy, command)
         elif args.command == "analyze":
             from rtune_ds.recipes import analyze
 
@@ -274,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
 
             export_merged(args.bundle, args.base, args.out, "rtune " + " ".join(argv),
                           check_fingerprint=not args.allow_other_base)
+        elif args.command == "lineage":
+            from rtune_ds.recipes import lineage
+
+            lineage.run(args.path, args.json)
         elif args.command == "demo" and args.run_plan:  # inside the demo's own launch
             from rtune_ds.demo.runner import run_plan
 
@@ -306,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
             from rtune_ds.recipes import bench_mlm
 
             bench_mlm.run(cfg, where, args.steps, args.warmup, args.repeats)
+        elif args.command == "bench" and args.bench_command == "recycle-all":
+            from rtune_ds.recipes import bench_recycle_all
+
+            bench_recycle_all.run(args.preset, args.bundles, args.nproc, args.ds_config,
+                                  args.examples, args.max_len, args.out)
         elif args.command == "bench" and args.bench_command == "mapping":
             from rtune_ds.recipes import bench_mapping
 

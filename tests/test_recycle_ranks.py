@@ -207,29 +207,6 @@ def test_bundle_metadata_cannot_point_outside_the_bundle(env):
     assert proc.returncode == 2 and "files.delta" in proc.stderr and "outside" in proc.stderr
 
 
-def test_recycle_all_ranks_every_bundle_and_lists_refusals(env):
-    root, bases, bundles, cache = env
-    shelf = root / "shelf"
-    for name in ("full", "lora"):
-        shutil.copytree(bundles[name], shelf / name)
-    (shelf / "no_weights").mkdir()
-    (shelf / "no_weights" / "adapter_config.json").write_text('{"peft_type": "LORA"}')
-    check(rtune(["recycle-all", "--bundles", str(shelf), "--base", str(bases["v1"]),
-                 "--out", str(root / "all")], cache))
-    table = json.loads((root / "all" / "recycle_all.json").read_text())["bundles"]
-    rows = {r["bundle"]: r for r in table}
-    assert [r["bundle"] for r in table][-1] == "no_weights"
-    assert rows["no_weights"]["status"] == "refused" and "lineage.json" in rows["no_weights"]["reason"]
-    for name in ("full", "lora"):
-        assert rows[name]["compat_dev"] == compat_on_v1(env, name)["dev"]["accuracy"]
-        old = json.loads((bundles[name] / "bundle.json").read_text())["metrics"]["dev"]
-        assert rows[name]["kept"] == pytest.approx(rows[name]["compat_dev"] / old["eval/accuracy"])
-        assert rows[name]["status"] == ("survives" if rows[name]["kept"] >= 0.9 else "needs tuning")
-    kept = [r["kept"] for r in table[:2]]
-    assert kept == sorted(kept, reverse=True)
-    assert "| 1 |" in (root / "all" / "recycle_all.md").read_text()
-
-
 def test_analyze_compat_follows_a_bundle_across_base_versions(env):
     root, bases, bundles, cache = env
     check(rtune(["analyze", "compat", "--bundle", str(bundles["full"]), "--bases",

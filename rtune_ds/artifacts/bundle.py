@@ -159,6 +159,8 @@ class OldWeights:
 
         config = PeftConfig.from_pretrained(str(self.adapter_dir))
         config.inference_mode = False
+        # recycling puts it on another base by design: peft need not warn that the base changed
+        config.base_model_name_or_path = None
         return config
 
     def read(self, name: str) -> torch.Tensor:

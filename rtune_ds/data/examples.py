@@ -9,6 +9,8 @@ step is the same at any world size (the engine slices it into the ranks' micro-b
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,6 +205,14 @@ def load_task(task: TaskConfig, tokenizer, seed: int, where: str) -> TaskData:
                                    tokenizer, task.max_len)
     sizes = {s: len(e) for s, e in splits.items()}
     return TaskData(task.type, label_names, splits, files, sizes)
+
+
+def task_key(task: TaskConfig, tokenizer_id: str, seed: int) -> str:
+    """What the tokenised splits of `task` depend on, as a digest: its settings, the bytes of its
+    files, the tokenizer and the seed (few-shot draws). Two bundles of one task share one key."""
+    files = [content_hash(p) for p in (task.train, task.dev, task.test) if p]
+    return hashlib.sha256(json.dumps([vars(task), tokenizer_id, seed, files], sort_keys=True,
+                                     default=str).encode()).hexdigest()
 
 
 GROUP_BATCHES = 50  # global batches per length-sorted mega-batch (as HF's LengthGroupedSampler)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from rtune_ds import dist
 from rtune_ds.artifacts.bundle import OldWeights, open_old_weights
-from rtune_ds.artifacts.lineage import fingerprint
+from rtune_ds.artifacts.lineage import bundle_fingerprint, fingerprint
 from rtune_ds.artifacts.run_dir import write_run_files
+from rtune_ds.config.load import read_mapping, run_config_from
 from rtune_ds.config.schema import RunConfig
 from rtune_ds.data.examples import load_table
 from rtune_ds.data.tokenizer import load_tokenizer, tokenizer_hash
@@ -127,6 +128,35 @@ def check_teacher(cfg: RunConfig, old: OldWeights, old_base: str | None, where: 
     return Teacher(old_base, layers or [])
 
 
+def bundle_dirs(root: str | Path) -> list[Path]:
+    """The bundle directories (rtune bundles and plain PEFT adapters) in a library."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"--bundles {root}: not a directory")
+    found = sorted(d for d in root.iterdir()
+                   if (d / "bundle.json").is_file() or (d / "adapter_config.json").is_file())
+    if not found:
+        raise ConfigError(f"--bundles {root}: no bundle directories (with bundle.json or "
+                          "adapter_config.json) in it")
+    return found
+
+
+def bundle_job_config(bundle: Path, config: str | None, overrides: list[str], run_dir: Path,
+               base: str) -> tuple[RunConfig, str]:
+    """The job for `bundle`: --config if given, else the config the bundle was tuned
+    with (its lineage.json), with run_dir and model.path set."""
+    if config:
+        data, where = read_mapping(config), config
+    else:
+        lineage = bundle / "lineage.json"
+        if not lineage.is_file():
+            raise ConfigError(f"--bundles: {bundle} records no config (no lineage.json); give "
+                              "--config with the task keys")
+        data, where = json.loads(lineage.read_text())["config"], str(lineage)
+    overrides = [*overrides, f"run_dir={run_dir}", f"model.path={base}"]
+    return run_config_from(data, overrides, where, "finetune"), where
+
+
 def prepare(cfg: RunConfig, where: str, resume: str | None, bundle: str, method: str,
             policy: Policy, force_same_base: bool, old_base: str | None = None) -> Recycling:
     """Step 1: everything that needs no compute."""
@@ -173,7 +203,8 @@ def lineage_of(r: Recycling) -> dict:
     cfg = r.plan.cfg
     return {"recycled": {
         "method": r.method,
-        "bundle": {"path": str(r.old.path.resolve()), "kind": r.old.kind,
+        "bundle": {"path": str(r.old.path.resolve()),
+                   "fingerprint": bundle_fingerprint(r.old.path), "kind": r.old.kind,
                    "method": r.old.method, "metrics": r.old.metrics},
         "old_base": r.old.base,
         "new_base": {"path": str(Path(cfg.model.path).resolve()),
@@ -203,12 +234,9 @@ def record_teacher(teacher, digest_before: str, run_dir: Path) -> None:
     dist.barrier()
 
 
-def compat(r: Recycling, model, tokenizer, data, run_dir: Path) -> dict:
-    """Score the mapped model with no training: run_dir/compat.json and TensorBoard (step 0)."""
-    engine = frozen_engine(model, r.plan.ds_config)
-    metrics = tuning.score(r.plan, engine.module, data, tokenizer)
-    digest = weights_digest(engine)
-    result = {
+def compat_result(r: Recycling, metrics: dict, digest: str | None) -> dict:
+    """The record of a compat check: dev/test metrics of the mapped model with no training."""
+    return {
         "method": "compat",
         **{split: {k.removeprefix("eval/"): v for k, v in metrics[split].items()}
            for split in ("dev", "test") if split in metrics},
@@ -216,12 +244,40 @@ def compat(r: Recycling, model, tokenizer, data, run_dir: Path) -> dict:
         "old_metrics": r.old.metrics,
         "weights_digest": digest,
         **lineage_of(r)["recycled"]}
+
+
+def record_compat(result: dict, run_dir: Path) -> None:
+    """run_dir/compat.json and TensorBoard (step 0); rank 0 writes."""
     if dist.is_main():
         monitor = Monitor(run_dir, 0, 0)
         monitor.log(0, {f"compat/{split}/{k}": v for split in ("dev", "test") if split in result
                         for k, v in result[split].items()})
         monitor.close()
         save_json(result, run_dir / "compat.json")
+
+
+def compat(r: Recycling, model, tokenizer, data, run_dir: Path) -> dict:
+    """Score the mapped model with no training: run_dir/compat.json and TensorBoard (step 0)."""
+    engine = frozen_engine(model, r.plan.ds_config)
+    metrics = tuning.score(r.plan, engine.module, data, tokenizer)
+    result = compat_result(r, metrics, weights_digest(engine))
+    record_compat(result, run_dir)
     dist.barrier()
     return result
 
+
+def recycle(cfg: RunConfig, where: str, resume: str | None, command: str, bundle: str,
+            method: str, policy: Policy, force_same_base: bool = False,
+            old_base: str | None = None) -> dict | None:
+    """One bundle recycled by `method`: the compat record, or (tuning methods) None once the new
+    bundle is in run_dir/final."""
+    r = prepare(cfg, where, resume, bundle, method, policy, force_same_base, old_base)
+    tokenizer, data, run_dir, model, head = start(r)
+    if method == "compat":
+        return compat(r, model, tokenizer, data, run_dir)
+    loss = distiller(r, tokenizer, data) if r.teacher else None
+    before = weights_digest(loss.teacher) if loss else None
+    tuning.tune(r.plan, model, head, tokenizer, data, command, lineage_of(r), loss)
+    if loss:
+        record_teacher(loss.teacher, before, run_dir)
+    return None

@@ -6,6 +6,8 @@ import resource
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from rtune_ds import dist
 from rtune_ds.artifacts.bundle import save_bundle
 from rtune_ds.artifacts.checkpoint import resume_tag_of
@@ -116,6 +118,9 @@ def tune(p: Plan, model, head: list[str], tokenizer, data: TaskData, command: st
         eval_every=t.eval_every, save_every=t.save_every, log_every=t.log_every,
         resume_tag=p.resume_tag, best_metric=p.best_metric, best_mode=p.best_mode,
         nonfinite=t.nonfinite, patience=t.patience)
+    # dropout draws follow the job's seed, not what ran before it in this process (the demo and
+    # recycle-all --then tune run many jobs in one launch); a resume restores the checkpoint's
+    torch.manual_seed(cfg.seed)
     result = engine.train(model, spec, ExampleSource(train, cfg.seed), loss,
                           evaluator(p, data, tokenizer, "dev"))
     if result.finished:

@@ -2,6 +2,7 @@
 and meta-device models for planning without weights."""
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,8 +185,15 @@ def meta_task_model(path: str | Path, task_type: str, label_names: list[str] | N
 
 
 def module_names_of(path: str | Path, task_type: str) -> list[str]:
-    """Module names of the task model of `path`."""
-    return [name for name, _ in meta_task_model(path, task_type).named_modules() if name]
+    """Module names of the task model of `path` (a library of bundles asks once per bundle)."""
+    config = Path(path, "config.json")
+    return list(_module_names(str(Path(path).resolve()), task_type,
+                              config.stat().st_mtime_ns if config.is_file() else 0))
+
+
+@functools.lru_cache(maxsize=16)
+def _module_names(path: str, task_type: str, config_mtime_ns: int) -> tuple[str, ...]:
+    return tuple(name for name, _ in meta_task_model(path, task_type).named_modules() if name)
 
 
 def init_head(model: torch.nn.Module, names: list[str], seed: int) -> None:

@@ -17,6 +17,19 @@ def settle_partitions(engine) -> None:
         engine.empty_partition_cache()
 
 
+def forget_trace(engine) -> None:
+    """ZeRO-3: make the next forward record a new module trace. Its prefetch follows the trace of
+    the last forward and fails ("tracing error") when the parameters a forward fetches change
+    (another adapter made active, adapters disabled); DeepSpeed re-records only when the modules
+    change."""
+    if not engine.zero_optimization_partition_weights():
+        return
+    offload = getattr(engine.optimizer, "parameter_offload", engine.optimizer)
+    coordinator = offload.get_param_coordinator()
+    if coordinator.is_complete_trace():
+        coordinator._invalidate_trace()
+
+
 def gathered_state_dict(engine) -> dict | None:
     """The full model state dict on rank 0 (None elsewhere); all ranks must call it."""
     if engine.zero_optimization_partition_weights():
@@ -27,11 +40,12 @@ def gathered_state_dict(engine) -> dict | None:
     return {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}
 
 
-def weights_digest(engine) -> str:
-    """sha256 of every full parameter, computed on this rank (ZeRO-3 shards are gathered)."""
+def weights_digest(engine, tensors: dict[str, torch.Tensor] | None = None) -> str:
+    """sha256 of every full parameter (or of `tensors`, some of the engine's), computed on this
+    rank (ZeRO-3 shards are gathered)."""
     settle_partitions(engine)
     digest = hashlib.sha256()
-    for name, param in engine.module.named_parameters():
+    for name, param in (tensors or dict(engine.module.named_parameters())).items():
         with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
             digest.update(name.encode())
             digest.update(param.detach().float().cpu().numpy().tobytes())

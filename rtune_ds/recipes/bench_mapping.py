@@ -30,14 +30,13 @@ from rtune_ds.artifacts.bundle import open_old_weights, save_bundle
 from rtune_ds.config.schema import PRESETS
 from rtune_ds.errors import ConfigError
 from rtune_ds.io import save_json
+from rtune_ds.jobs.synthetic_library import ONE_RANK_STAGE0, perturbed
 from rtune_ds.models.loader import count_parameters, load_task_model
 from rtune_ds.models.presets import build_preset
 from rtune_ds.recycling.transplant import transplant
 from rtune_ds.train.inference import frozen_engine
 
 LABELS = ["negative", "positive"]
-ONE_RANK_STAGE0 = {"train_batch_size": 1, "train_micro_batch_size_per_gpu": 1,
-                   "gradient_accumulation_steps": 1, "zero_optimization": {"stage": 0}}
 
 
 class PresetVocabulary:
@@ -50,24 +49,16 @@ class PresetVocabulary:
         return self.size
 
 
-def _perturbed(model: torch.nn.Module, scale: float, seed: int) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-    return model
-
-
 def make_inputs(preset: str, work: Path) -> tuple[Path, Path, Path]:
     """(v0, v1, bundle tuned on v0) under `work`."""
     v0, v1, bundle = work / "v0", work / "v1", work / "bundle"
     vocab = PresetVocabulary(PRESETS[preset][1])
     base = build_preset(preset, vocab, 256, seed=0)
     base.save_pretrained(str(v0))
-    _perturbed(base, 1e-3, seed=1).save_pretrained(str(v1))
+    perturbed(base, 1e-3, seed=1).save_pretrained(str(v1))
     del base
     tuned, head = load_task_model(v0, "classification", LABELS, 0, None, seed=0)
-    engine = frozen_engine(_perturbed(tuned, 1e-3, seed=2), ONE_RANK_STAGE0)
+    engine = frozen_engine(perturbed(tuned, 1e-3, seed=2), ONE_RANK_STAGE0)
     save_bundle(engine, bundle, method="full", task_type="classification", base_dir=str(v0),
                 label_names=LABELS, pad_token_id=0, head_names=head, targets={}, metrics={},
                 lineage={"command": "rtune bench mapping"}, tuning={"method": "full"})

@@ -17,29 +17,10 @@
 from __future__ import annotations
 
 from rtune_ds.config.schema import RunConfig
-from rtune_ds.jobs import tuning
-from rtune_ds.jobs.recycling import (
-    compat,
-    distiller,
-    lineage_of,
-    prepare,
-    record_teacher,
-    start,
-)
-from rtune_ds.models.zero import weights_digest
+from rtune_ds.jobs.recycling import recycle
 from rtune_ds.recycling.mapping import Policy
 
 
 def run(cfg: RunConfig, where: str, resume: str | None, command: str, bundle: str, method: str,
         policy: Policy, force_same_base: bool = False, old_base: str | None = None) -> dict | None:
-    r = prepare(cfg, where, resume, bundle, method, policy, force_same_base, old_base)
-    tokenizer, data, run_dir, model, head = start(r)
-    if method == "compat":
-        return compat(r, model, tokenizer, data, run_dir)
-    loss = distiller(r, tokenizer, data) if r.teacher else None
-    before = weights_digest(loss.teacher) if loss else None
-    tuning.tune(r.plan, model, head, tokenizer, data, command, lineage_of(r), loss)
-    if loss:
-        record_teacher(loss.teacher, before, run_dir)
-    return None
-
+    return recycle(cfg, where, resume, command, bundle, method, policy, force_same_base, old_base)

@@ -118,10 +118,10 @@ def plan_mapping(source: dict[str, tuple[tuple[int, ...], str]],
     return mapping
 
 
-def peft_saved_name(name: str) -> str:
+def peft_saved_name(name: str, adapter: str = "default") -> str:
     """The name peft saves a trainable parameter of a PeftModel under (adapter name removed;
     a modules_to_save copy under the wrapped module's own name)."""
-    return name.replace(".modules_to_save.default", "").replace(".default", "")
+    return re.sub(rf"(\.modules_to_save)?\.{re.escape(adapter)}(?=\.|$)", "", name)
 
 
 def mapping_targets(model: torch.nn.Module, peft: bool

@@ -72,14 +72,15 @@ def _shards(examples, micro_batch: int):
 def evaluate_classification(model: torch.nn.Module, examples, micro_batch: int,
                             num_labels: int) -> dict[str, float]:
     """eval/loss (mean cross-entropy), eval/accuracy and eval/f1 (macro) over all of `examples`,
-    which every rank holds; each rank runs its share and the counts are summed."""
+    which every rank holds; each rank runs its share and the counts are summed. Only the first
+    `num_labels` logits are read: a model shared by a library of bundles may have more rows."""
     confusion = torch.zeros(num_labels, num_labels, dtype=torch.float64)
     loss_sum = torch.zeros(1, dtype=torch.float64)
     for idx in _shards(examples, micro_batch):
         weight = 1.0 if idx else 0.0
         batch = examples.batch(idx or [0])  # a padding forward keeps ranks in step
         logits = model(input_ids=batch["input_ids"],
-                       attention_mask=batch["attention_mask"]).logits.float()
+                       attention_mask=batch["attention_mask"]).logits[:, :num_labels].float()
         loss = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
         loss_sum += weight * loss.double()
         if idx:

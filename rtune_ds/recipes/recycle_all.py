@@ -1,0 +1,278 @@
+"""`rtune recycle-all`: a library of bundles brought to a new base, as a protocol:
+
+1. plan every bundle as `rtune recycle --method compat` would (its own tuning config from its
+   lineage.json, or --config; the mapping planned on a meta model): a bundle that cannot be read
+   (a corrupt or pickled tensor file) or mapped (another architecture) is listed as refused with
+   the reason, and the rest go on;
+2. start the ranks; read each bundle's task data, tokenised once per distinct content;
+3. load the new base once per task class (one model for every classifier, whatever its label
+   set), take its weight digest, then for each bundle: put it on in place, score dev and test,
+   take it off (recycling.library); OUT/compat/<bundle>/compat.json as `rtune recycle` writes it;
+   the digest after the library must equal the digest before;
+4. decide per bundle (recycling.advice): keep, re-tune with init, or init+distill for a few-shot
+   task, with the evidence -> OUT/recycle_all.json and .md, ranked;
+5. `--then tune`: the recommended recycling of every bundle that needs it, one job after another
+   in this launch (OUT/tune/<bundle>); a finished job is skipped and an interrupted one resumes
+   from its last checkpoint on a rerun; then a table: old, compat and recycled score, steps.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from rtune_ds import dist
+from rtune_ds.artifacts.run_dir import release_unused_run_dirs, write_run_files
+from rtune_ds.data.examples import load_task, task_key
+from rtune_ds.data.tokenizer import load_tokenizer, tokenizer_hash
+from rtune_ds.errors import ConfigError, RunError
+from rtune_ds.io import save_json, save_text
+from rtune_ds.jobs import recycling, tuning
+from rtune_ds.recycling.advice import FEW_SHOT_AT, KEEP_AT, advise
+from rtune_ds.recycling.library import LoadedBase, adapter_type
+from rtune_ds.recycling.mapping import Policy
+
+
+@dataclass
+class Entry:
+    row: dict
+    r: recycling.Recycling
+
+
+def headline(metrics: dict, task_type: str) -> float | None:
+    """The score a bundle is judged by: dev accuracy for classifiers, dev loss for lm tasks."""
+    key = "accuracy" if task_type == "classification" else "loss"
+    return metrics.get(key, metrics.get(f"eval/{key}"))
+
+
+def plan_library(bundles: str, base: str, config: str | None, overrides: list[str],
+                 out_dir: Path, policy: Policy, force_same_base: bool
+                 ) -> tuple[list[Entry], list[dict]]:
+    """Step 1: (the bundles that can be recycled, the refused ones as rows with a reason)."""
+    entries, refused = [], []
+    for bundle in recycling.bundle_dirs(bundles):
+        row = {"bundle": bundle.name, "path": str(bundle.resolve())}
+        try:
+            cfg, where = recycling.bundle_job_config(bundle, config, overrides,
+                                                     out_dir / "compat" / bundle.name, base)
+            r = recycling.prepare(cfg, where, None, str(bundle), "compat", policy,
+                                  force_same_base)
+        except ConfigError as err:
+            refused.append({**row, "status": "refused", "reason": str(err)})
+            continue
+        entries.append(Entry(row, r))
+    return entries, refused
+
+
+def read_inputs(entries: list[Entry]) -> tuple[dict, list[dict]]:
+    """Step 2: bundle name -> (tokenizer, task data), tokenised once per distinct task content;
+    a bundle whose data's labels are not its own is refused."""
+    tokenizers, tasks, inputs, refused = {}, {}, {}, []
+    for e in entries:
+        cfg = e.r.plan.cfg
+        path = cfg.model.tokenizer or cfg.model.path
+        if path not in tokenizers:
+            tokenizers[path] = load_tokenizer(path)
+        tok = tokenizers[path]
+        key = task_key(cfg.task, tokenizer_hash(tok), cfg.seed)
+        if key not in tasks:
+            tasks[key] = dist.main_first(lambda: load_task(cfg.task, tok, cfg.seed, e.r.plan.where))
+        data = tasks[key]
+        if data.label_names != e.r.old.labels:
+            refused.append({**e.row, "status": "refused",
+                            "reason": f"{e.r.plan.where}: the task data's labels "
+                                      f"{data.label_names} are not the bundle's {e.r.old.labels}"})
+            continue
+        inputs[e.row["bundle"]] = (tok, data)
+    return inputs, refused
+
+
+def load_groups(entries: list[Entry]) -> list[list[Entry]]:
+    """The bundles that share one load of the base: one task class and at most one adapter type
+    (deltas join the first group of their task class)."""
+    groups = []
+    for task_type in dict.fromkeys(e.r.old.task_type for e in entries):
+        of_task = [e for e in entries if e.r.old.task_type == task_type]
+        types = list(dict.fromkeys(filter(None, (adapter_type(e.r.old) for e in of_task)))) or [None]
+        for i, kind in enumerate(types):
+            groups.append([e for e in of_task if adapter_type(e.r.old) == kind
+                           or (i == 0 and adapter_type(e.r.old) is None)])
+    return groups
+
+
+def score_library(entries: list[Entry], inputs: dict, base: str) -> tuple[list[dict], dict]:
+    """Step 3: (a compat result per bundle, the library's loads, digests and timings)."""
+    order = sorted(entries, key=lambda e: (e.r.old.task_type, e.r.old.kind, e.r.old.method))
+    ds_config = order[0].r.plan.ds_config
+    results, stats = {}, {"loads": [], "ds_config_of": order[0].row["bundle"]}
+    bar = tqdm(total=len(order), desc="recycle-all", dynamic_ncols=True,
+               disable=not dist.is_main() or os.environ.get("RTUNE_NO_PROGRESS") == "1")
+    for group in load_groups(order):
+        task_type = group[0].r.old.task_type
+        widest = max((len(e.r.old.labels or []) for e in group), default=0)
+        labels = [f"label_{i}" for i in range(widest)] if task_type == "classification" else None
+        cfg = group[0].r.plan.cfg
+        started = time.perf_counter()
+        library = LoadedBase(base, task_type, labels, inputs[group[0].row["bundle"]][0].pad_token_id,
+                             ds_config, cfg.seed, [e.r.old for e in group],
+                             cfg.model.trust_remote_code)
+        load_s = time.perf_counter() - started
+        started = time.perf_counter()
+        before = library.digest()
+        digest_s = time.perf_counter() - started
+        for e in group:
+            tok, data = inputs[e.row["bundle"]]
+            run_dir = write_run_files(e.r.plan.cfg, e.r.plan.ds_config)
+            t0 = time.perf_counter()
+            with library.applied(e.r.old, e.r.mapping) as module:
+                t1 = time.perf_counter()
+                metrics = tuning.score(e.r.plan, module, data, tok)
+                t2 = time.perf_counter()
+            t3 = time.perf_counter()
+            result = recycling.compat_result(e.r, metrics, None)
+            result["timing_s"] = {"apply": t1 - t0, "score": t2 - t1, "restore": t3 - t2}
+            if dist.is_main():
+                save_json(e.r.mapping.report(), run_dir / "mapping.json")
+            recycling.record_compat(result, run_dir)
+            results[e.row["bundle"]] = result
+            bar.update()
+        after = library.digest()
+        stats["loads"].append({"task_type": task_type, "bundles": len(group), "load_s": load_s,
+                               "adapter_type": next(filter(None, map(adapter_type, (
+                                   e.r.old for e in group))), None),
+                               "digest_s": digest_s, "digest_before": before,
+                               "digest_after": after, "label_rows": widest or None})
+        del library
+        gc.collect()
+        if before != after:
+            raise RunError(f"the base {base} changed while the library was on it (weight digest "
+                           f"{before} before, {after} after)")
+    bar.close()
+    dist.barrier()
+    return [results[e.row["bundle"]] for e in entries], stats
+
+
+def decide(e: Entry, result: dict, data, keep_at: float, few_shot_at: int) -> dict:
+    """Step 4: one table row."""
+    task_type = e.r.old.task_type
+    old = headline(result["old_metrics"].get("dev", {}), task_type)
+    compat = headline(result["dev"], task_type)
+    advice = advise(task_type, old, compat, result["dev_majority_baseline"],
+                    data.sizes["train"], len(data.label_names) if data.label_names else None,
+                    keep_at, few_shot_at)
+    return {**e.row, "status": "scored", "task": task_type, "labels": data.label_names,
+            "kind": e.r.old.kind, "method": e.r.old.method, "old_dev": old, "compat_dev": compat,
+            "compat_test": headline(result.get("test", {}), task_type),
+            "dev_majority_baseline": result["dev_majority_baseline"],
+            "train_examples": data.sizes["train"], **advice, "timing_s": result["timing_s"],
+            "mapping": {k: len(v) for k, v in result["mapping"].items()
+                        if isinstance(v, (dict, list))}}
+
+
+def tune_queue(rows: list[dict], base: str, config: str | None, overrides: list[str],
+               out_dir: Path, policy: Policy, command: str, force_same_base: bool) -> list[dict]:
+    """Step 5: the recommended recycling of every bundle that needs it, in table order."""
+    done = []
+    for row in rows:
+        if row["status"] != "scored" or row["decision"] == "keep":
+            continue
+        run_dir = out_dir / "tune" / row["bundle"]
+        job = {"bundle": row["bundle"], "method": row["decision"], "run_dir": str(run_dir),
+               "old_dev": row["old_dev"], "compat_dev": row["compat_dev"]}
+        finished = (run_dir / "summary.json").is_file()  # written after the bundle, last
+        if not finished:
+            try:
+                cfg, where = recycling.bundle_job_config(Path(row["path"]), config, overrides,
+                                                         run_dir, base)
+                recycling.recycle(cfg, where, "auto", command, row["path"], row["decision"],
+                                  policy, force_same_base)
+            except ConfigError as err:
+                done.append({**job, "status": "refused", "reason": str(err)})
+                continue
+        summary = json.loads((run_dir / "summary.json").read_text())
+        done.append({**job, "status": "finished earlier" if finished else "tuned",
+                     "recycled_dev": headline(summary["metrics"]["dev"], row["task"]),
+                     "recycled_test": headline(summary["metrics"].get("test", {}), row["task"]),
+                     "steps": summary["step"], "best_step": summary["best_step"],
+                     "bundle_out": str(run_dir / "final")})
+        gc.collect()
+    return done
+
+
+def recycle_all(bundles: str, base: str, config: str | None, overrides: list[str], out: str,
+                policy: Policy, command: str, force_same_base: bool = False,
+                keep_at: float = KEEP_AT, few_shot_at: int = FEW_SHOT_AT,
+                then: str | None = None) -> dict:
+    out_dir = Path(out)
+    clock = [time.perf_counter()]
+
+    def lap() -> float:
+        clock.append(time.perf_counter())
+        return clock[-1] - clock[-2]
+
+    entries, refused = plan_library(bundles, base, config, overrides, out_dir, policy,
+                                    force_same_base)
+    phases = {"plan": lap()}
+    dist.init()
+    inputs, mislabelled = read_inputs(entries)
+    entries = [e for e in entries if e.row["bundle"] in inputs]
+    refused += mislabelled
+    phases["inputs"] = lap()
+    results, stats = score_library(entries, inputs, base) if entries else ([], {"loads": []})
+    phases["score"] = lap()
+    rows = [decide(e, res, inputs[e.row["bundle"]][1], keep_at, few_shot_at)
+            for e, res in zip(entries, results)]
+    rows.sort(key=lambda r: -(r["kept_gain"] if r["kept_gain"] is not None else -1e9))
+    report = {"command": command, "base": str(Path(base).resolve()), "keep_at": keep_at,
+              "few_shot_at": few_shot_at, "world_size": dist.world_size(),
+              "zero_stage": entries[0].r.plan.ds_config["zero_optimization"]["stage"]
+              if entries else None,
+              "library": stats, "phases_s": phases, "bundles": rows + refused}
+    if then == "tune":
+        report["tuned"] = tune_queue(rows, base, config, overrides, out_dir, policy, command,
+                                     force_same_base)
+        phases["tune"] = lap()
+    release_unused_run_dirs()  # the run dirs of refused bundles: only their lock
+    if dist.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_json(report, out_dir / "recycle_all.json")
+        save_text(markdown(report), out_dir / "recycle_all.md")
+        print(markdown(report))
+    dist.barrier()
+    return report
+
+
+def markdown(report: dict) -> str:
+    def fmt(x):
+        return "" if x is None else f"{x:.3f}"
+
+    lines = [f"# Bundles recycled onto {report['base']}", "",
+             "compat: each bundle applied with no training. 'kept' = the share of its old gain "
+             "over the majority baseline that compat keeps (lm tasks: old loss / compat loss); "
+             f"keep at >= {report['keep_at']}, else re-tune: init, or init+distill when the task "
+             f"has at most {report['few_shot_at']} train examples per label.", "",
+             "| rank | bundle | decision | kind | old dev | compat dev | compat test | kept | "
+             "majority | evidence |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(report["bundles"], 1):
+        if r["status"] == "refused":
+            lines.append(f"| {i} | {r['bundle']} | refused | | | | | | | {r['reason'][:200]} |")
+            continue
+        lines.append(f"| {i} | {r['bundle']} | {r['decision']} | {r['kind']}/{r['method']} | "
+                     f"{fmt(r['old_dev'])} | {fmt(r['compat_dev'])} | {fmt(r['compat_test'])} | "
+                     f"{fmt(r['kept_gain'])} | {fmt(r['dev_majority_baseline'])} | "
+                     f"{r['evidence']} |")
+    if "tuned" in report:
+        lines += ["", "## Re-tuned (--then tune)", "",
+                  "| bundle | method | old dev | compat dev | recycled dev | steps | status |",
+                  "|---|---|---|---|---|---|---|"]
+        for t in report["tuned"]:
+            lines.append(f"| {t['bundle']} | {t['method']} | {fmt(t['old_dev'])} | "
+                         f"{fmt(t['compat_dev'])} | {fmt(t.get('recycled_dev'))} | "
+                         f"{t.get('steps', '')} | {t['status']}"
+                         f"{': ' + t['reason'][:160] if 'reason' in t else ''} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,45 @@
+"""What to do with a bundle after its compatibility check on a new base: keep it as it is, re-tune
+it starting from it (init), or, for a few-shot task, re-tune with the old model as a teacher as
+well (init+distill: the best few-shot arm of the study, README). Pure: tested in-process."""
+from __future__ import annotations
+
+KEEP_AT = 0.9  # keep a bundle whose compat score keeps at least this fraction of its old gain
+FEW_SHOT_AT = 32  # a classification task with at most this many train examples per label
+                  # (an lm task: this many examples) is few-shot
+
+
+def kept_gain(task_type: str, old: float | None, compat: float | None,
+              majority: float | None) -> float | None:
+    """classification: (compat - majority) / (old - majority), the share of the old score's gain
+    over the majority baseline that survives; lm: old loss / compat loss. None if undefined."""
+    if old is None or compat is None:
+        return None
+    if task_type == "classification":
+        if majority is None or old <= majority:
+            return None
+        return (compat - majority) / (old - majority)
+    return old / compat if compat > 0 else None
+
+
+def advise(task_type: str, old: float | None, compat: float | None, majority: float | None,
+           train_examples: int, labels: int | None, keep_at: float = KEEP_AT,
+           few_shot_at: int = FEW_SHOT_AT) -> dict:
+    """{'decision': keep | init | init+distill, 'kept_gain', 'few_shot', 'evidence'}."""
+    kept = kept_gain(task_type, old, compat, majority)
+    per_label = train_examples / labels if labels else train_examples
+    few_shot = per_label <= few_shot_at
+    unit = "train examples per label" if labels else "train examples"
+    shots = f"{per_label:g} {unit} ({'<=' if few_shot else '>'} {few_shot_at}: " \
+            f"{'few-shot' if few_shot else 'not few-shot'})"
+    if kept is not None and kept >= keep_at:
+        what = "of its gain over the majority baseline" if task_type == "classification" \
+            else "of its loss (old / compat)"
+        return {"decision": "keep", "kept_gain": kept, "few_shot": few_shot,
+                "evidence": f"compat keeps {kept:.3f} {what} (>= {keep_at})"}
+    if kept is None:
+        why = ("no old score to compare with" if old is None or compat is None else
+               "on its old base it did not beat the majority baseline")
+    else:
+        why = f"compat keeps {kept:.3f} of its old gain (< {keep_at})"
+    return {"decision": "init+distill" if few_shot else "init", "kept_gain": kept,
+            "few_shot": few_shot, "evidence": f"{why}; {shots}"}
