@@ -8,7 +8,7 @@ import json
 import math
 
 import pytest
-from conftest import check, finetune_config, read_jsonl, rtune, write_config
+from conftest import check, finetune_config, read_jsonl, rtune, rtune_many, write_config
 
 from rtune_ds.cli import main
 
@@ -37,11 +37,14 @@ def pair_args(env) -> list[str]:
             "--control-b", str(a), "--control-base-b", str(base_a)]
 
 
-def analyze(env, name: str, command: str, extra=(), nproc: int = 1):
-    root, cache, sides = env
+def analyze_args(env, name: str, command: str, extra=()) -> list[str]:
+    root, _, sides = env
     cfg = write_config(root / f"{name}.yaml", finetune_config(root / name, sides["b"][1]))
-    return check(rtune(["analyze", command, *pair_args(env), "--config", str(cfg), *extra],
-                       cache, nproc))
+    return ["analyze", command, *pair_args(env), "--config", str(cfg), *extra]
+
+
+def analyze(env, name: str, command: str, extra=()):
+    return check(rtune(analyze_args(env, name, command, extra), env[1]))
 
 
 def dev_metrics(bundle) -> dict:
@@ -76,10 +79,16 @@ def test_connectivity_runs_from_one_tuned_model_to_the_other(env, one_rank):
     assert [r["step"] for r in logged] == list(range(POINTS))
 
 
+@pytest.fixture(scope="module")
+def two_ranks(env):
+    """Connectivity on 2 ranks under ZeRO-3 and ZeRO-2, in one launch."""
+    rtune_many([analyze_args(env, f"conn_{ds}", "connectivity",
+                             ["--points", str(POINTS), "--ds-config", f"ds_configs/{ds}.json"])
+                for ds in ("zero3", "zero2")], env[1])
+
+
 @pytest.mark.parametrize("ds", ["zero3", "zero2"])
-def test_connectivity_on_two_ranks_equals_one_rank(env, one_rank, ds):
-    analyze(env, f"conn_{ds}", "connectivity",
-            ["--points", str(POINTS), "--ds-config", f"ds_configs/{ds}.json"], nproc=2)
+def test_connectivity_on_two_ranks_equals_one_rank(env, one_rank, two_ranks, ds):
     got = json.loads((env[0] / f"conn_{ds}" / "connectivity.json").read_text())
     assert got["world_size"] == 2 and got["zero_stage"] == int(ds[-1])
     for name in ("main", "control"):

@@ -8,10 +8,15 @@ import shutil
 
 import pytest
 import torch
-from conftest import check, read_jsonl, rtune, tiny_bert_base, tiny_config, write_config
+from conftest import (
+    bert_config,
+    engine_of,
+    read_jsonl,
+    tiny_bert_base,
+    tiny_config,
+)
 from safetensors import safe_open
 from safetensors.torch import save_file
-from test_guards import engine_of
 from transformers import AutoTokenizer, BertForMaskedLM, BertForSequenceClassification
 
 from rtune_ds.artifacts.hf_export import export_hf, tensor_sha256
@@ -42,12 +47,6 @@ def compared(model_dir):
 
 def parent_tensors(model_dir, names):
     return read_tensors(checkpoint_files(model_dir, "test"), names)
-
-
-def bert_config(run_dir, base, **model):
-    cfg = tiny_config(run_dir, model={"path": str(base), "objective": "mlm", **model})
-    cfg["model"].pop("preset")
-    return cfg
 
 
 def test_a_base_checkpoint_carries_its_pooler_under_the_prefix_and_lacks_the_head(cache_dir):
@@ -177,20 +176,13 @@ def test_the_head_warmup_trains_the_new_head_alone(one_rank, tmp_path, cache_dir
 
 
 @pytest.mark.slow
-def test_continual_mlm_of_a_bert_checkpoint_at_two_ranks_under_zero3(tmp_path, cache_dir):
+def test_continual_mlm_of_a_bert_checkpoint_at_two_ranks_under_zero3(bert_v1, cache_dir):
     """v0 as released (BertModel) -> v1 by `rtune pretrain` (MLM, 2 ranks, ZeRO-3), stopped once
     and resumed: the pooler comes through bit for bit, a classifier on v1 misses only its own
     head, the new MLM head is warmed up once (not again on resume) and the MLM loss then starts
     below ln(vocab)."""
     v0 = tiny_bert_base(cache_dir)
-    run_dir = tmp_path / "v1"
-    cfg = bert_config(run_dir, v0, head_warmup_steps=20, head_warmup_lr=3e-2)
-    cfg["train"].update(max_steps=6, eval_every=3)
-    config = write_config(tmp_path / "v1.yaml", cfg)
-    args = ["pretrain", "--config", str(config), "--ds-config", "ds_configs/zero3.json"]
-    check(rtune([*args, "train.stop_after=3"], cache_dir, nproc=2))
-    warmup_log = (run_dir / "head_warmup" / "metrics.jsonl").read_text()
-    check(rtune([*args, "--resume", "auto"], cache_dir, nproc=2))
+    run_dir, warmup_log = bert_v1
     assert (run_dir / "head_warmup" / "metrics.jsonl").read_text() == warmup_log  # not rerun
 
     v1 = run_dir / "final"

@@ -9,9 +9,8 @@ import pytest
 import torch
 from conftest import (
     FIXTURES,
-    check,
     finetune_config,
-    rtune,
+    rtune_many,
     tiny_bert_base,
     tiny_config,
     write_config,
@@ -35,38 +34,34 @@ def tensors(model_dir, prefix: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory, cache_dir):
+def chain(tmp_path_factory, cache_dir, bert_v1):
+    """v1 (the session's BERT continual pretraining, bert_v1), and in one 2-rank ZeRO-3 launch:
+    v1_same (v0 continually pretrained at an LR too small to move an fp32 weight), the full and
+    LoRA bundles tuned on v0, and every recycling the tests read: run name -> run dir."""
     root = tmp_path_factory.mktemp("bert_chain")
-    v0 = tiny_bert_base(cache_dir)
-
-    def pretrain(name: str, **train) -> object:
-        cfg = tiny_config(root / name, train={"max_steps": 6, "eval_every": 0, "lr": 1e-3,
-                                              "warmup_steps": 0, **train})
-        cfg["model"] = {"path": str(v0), "objective": "mlm"}
-        cfg["data"]["train"] = [str(FIXTURES / "computing.jsonl")]
-        check(rtune(["pretrain", "--config", str(write_config(root / f"{name}.yaml", cfg)),
-                     *ZERO3], cache_dir, nproc=2))
-        return root / name / "final"
-
-    def finetune(method: str):
+    v0, v1 = tiny_bert_base(cache_dir), bert_v1[0] / "final"
+    same = tiny_config(root / "v1_same", train={"max_steps": 1, "eval_every": 0, "lr": 1e-12,
+                                                "warmup_steps": 0})
+    same["model"] = {"path": str(v0), "objective": "mlm"}
+    same["data"]["train"] = [str(FIXTURES / "computing.jsonl")]
+    jobs = [["pretrain", "--config", str(write_config(root / "v1_same.yaml", same)), *ZERO3]]
+    for method in ("full", "lora"):
         cfg = finetune_config(root / f"ft_{method}", v0, method,
                               train={"max_steps": 20, "eval_every": 10})
-        check(rtune(["finetune", "--config", str(write_config(root / f"ft_{method}.yaml", cfg)),
-                     *ZERO3], cache_dir, nproc=2))
-        return root / f"ft_{method}" / "final"
-
-    return {"root": root, "v0": v0, "v1": pretrain("v1"),
-            "v1_same": pretrain("v1_same", lr=1e-12, max_steps=1),
-            "full": finetune("full"), "lora": finetune("lora")}
-
-
-def recycle(chain, cache_dir, name, method, bundle, base, *extra):
-    root = chain["root"]
-    cfg = finetune_config(root / name, base, "full", train={"max_steps": 10, "eval_every": 5})
-    check(rtune(["recycle", "--config", str(write_config(root / f"{name}.yaml", cfg)), *ZERO3,
-                 "--method", method, "--bundle", str(bundle), "--base", str(base), *extra],
-                cache_dir, nproc=2))
-    return root / name
+        jobs.append(["finetune", "--config", str(write_config(root / f"ft_{method}.yaml", cfg)),
+                     *ZERO3])
+    bundle = {m: root / f"ft_{m}" / "final" for m in ("full", "lora")}
+    for name, method, tuned, base, *extra in (
+            ("compat_same", "compat", "lora", root / "v1_same" / "final"),
+            ("compat_v0", "compat", "lora", v0, "--force-same-base"),
+            ("compat_full", "compat", "full", v1), ("compat_lora", "compat", "lora", v1),
+            ("init_distill", "init+distill", "full", v1)):
+        cfg = finetune_config(root / name, base, "full", train={"max_steps": 10, "eval_every": 5})
+        jobs.append(["recycle", "--config", str(write_config(root / f"{name}.yaml", cfg)),
+                     *ZERO3, "--method", method, "--bundle", str(bundle[tuned]), "--base",
+                     str(base), *extra])
+    rtune_many(jobs, cache_dir)
+    return {"root": root, "v0": v0, "v1": v1}
 
 
 def test_v1_carries_the_pooler_bit_for_bit_and_says_so(chain):
@@ -83,23 +78,20 @@ def test_v1_carries_the_pooler_bit_for_bit_and_says_so(chain):
     assert "pooler.dense.weight" in lineage
 
 
-def test_lora_compat_on_an_unchanged_v1_is_its_score_on_v0(chain, cache_dir):
-    same = recycle(chain, cache_dir, "compat_same", "compat", chain["lora"], chain["v1_same"])
-    on_v0 = recycle(chain, cache_dir, "compat_v0", "compat", chain["lora"], chain["v0"],
-                    "--force-same-base")
-    a, b = (json.loads((run / "compat.json").read_text()) for run in (same, on_v0))
+def test_lora_compat_on_an_unchanged_v1_is_its_score_on_v0(chain):
+    a, b = (json.loads((chain["root"] / run / "compat.json").read_text())
+            for run in ("compat_same", "compat_v0"))
     assert a["dev"]["accuracy"] == b["dev"]["accuracy"]
     assert a["dev"]["loss"] == pytest.approx(b["dev"]["loss"], abs=1e-5)
     # and it is the bundle's own best-dev score, not a random pooler's majority baseline
     assert a["dev"]["accuracy"] == pytest.approx(a["old_metrics"]["dev"]["eval/accuracy"])
 
 
-def test_full_and_lora_bundles_recycle_onto_the_continually_pretrained_v1(chain, cache_dir):
+def test_full_and_lora_bundles_recycle_onto_the_continually_pretrained_v1(chain):
     for method in ("full", "lora"):
-        run = recycle(chain, cache_dir, f"compat_{method}", "compat", chain[method], chain["v1"])
-        result = json.loads((run / "compat.json").read_text())
+        result = json.loads((chain["root"] / f"compat_{method}" / "compat.json").read_text())
         assert 0 <= result["dev"]["accuracy"] <= 1 and result["mapping"]["mapped"]
-    run = recycle(chain, cache_dir, "init_distill", "init+distill", chain["full"], chain["v1"])
+    run = chain["root"] / "init_distill"
     summary = json.loads((run / "summary.json").read_text())
     assert len(set(summary["rank_weight_digests"])) == 1  # the ranks agree
     teacher = json.loads((run / "teacher.json").read_text())

@@ -6,12 +6,14 @@ from conftest import FIXTURES, tiny_config, write_config
 from rtune_ds.config.checks import resolve_batch
 from rtune_ds.config.ds_config import (
     CPU_REDUCE_BUCKET_SIZE,
+    choose_precision,
     read_ds_config,
     reduce_bucket_size,
     resolve_ds_config,
 )
 from rtune_ds.config.load import load_run_config
 from rtune_ds.errors import ConfigError
+from rtune_ds.hardware import FORCE_NATIVE_BF16, native_bf16
 from rtune_ds.resources import DS_CONFIGS
 
 
@@ -58,7 +60,7 @@ def resolve(cfg, ds, world=2, accum=2, lr=3e-3, where="ds.json"):
 def test_auto_values_are_filled_from_the_run_config(tmp_path):
     cfg = load(tmp_path, tiny_config(tmp_path / "r"))
     ds, where = read_ds_config(str(DS_CONFIGS / "zero3.json"))
-    out, precision = resolve(cfg, ds)
+    out, precision, _ = resolve(cfg, ds)
     assert out["train_micro_batch_size_per_gpu"] == 4 and out["gradient_accumulation_steps"] == 2
     assert out["train_batch_size"] == 16 and out["gradient_clipping"] == 1.0
     assert out["optimizer"]["params"]["lr"] == 3e-3 and out["bf16"]["enabled"] is False
@@ -81,11 +83,12 @@ def test_auto_reduce_bucket_is_hidden_squared_on_gpus(monkeypatch):
 
 
 def test_literal_deepspeed_examples_style_config_works(tmp_path):
-    cfg = load(tmp_path, tiny_config(tmp_path / "r"))
+    cfg = load(tmp_path, tiny_config(tmp_path / "r", train={"precision": "auto"}))
     ds = {"train_batch_size": 16, "train_micro_batch_size_per_gpu": 4, "steps_per_print": 10,
           "zero_optimization": {"stage": 2}, "bf16": {"enabled": True}}
-    out, precision = resolve(cfg, ds)
-    assert precision == "bf16" and out["gradient_accumulation_steps"] == 2
+    out, precision, why = resolve(cfg, ds)
+    assert precision == "bf16" and why == "the DeepSpeed JSON's bf16.enabled: True"
+    assert out["gradient_accumulation_steps"] == 2
     assert out["optimizer"]["type"] == "AdamW"
 
 
@@ -113,9 +116,51 @@ def test_malformed_deepspeed_json_names_the_file(tmp_path):
 
 
 def test_stock_configs_all_resolve(tmp_path):
-    cfg = load(tmp_path, tiny_config(tmp_path / "r"))
+    cfg = load(tmp_path, tiny_config(tmp_path / "r", train={"precision": "auto"}))
     for path in sorted(DS_CONFIGS.glob("*.json")):
         ds, where = read_ds_config(str(path))
-        out, _ = resolve(cfg, ds, where=where)
+        out, *_ = resolve(cfg, ds, where=where)
         json.dumps(out)
         assert out["train_batch_size"] == 16
+
+
+@pytest.mark.parametrize("requested, ds_bf16, native, expected, why", [
+    ("auto", "auto", True, "bf16", "auto: CPU X has avx512_bf16"),
+    ("auto", "auto", False, "fp32", "auto: CPU X has neither"),
+    ("auto", None, False, "fp32", "auto: CPU X has neither"),
+    ("auto", True, False, "bf16", "the DeepSpeed JSON's bf16.enabled: True"),
+    ("auto", False, True, "fp32", "the DeepSpeed JSON's bf16.enabled: False"),
+    ("bf16", "auto", False, "bf16", "train.precision: bf16"),
+    ("fp32", "auto", True, "fp32", "train.precision: fp32"),
+])
+def test_precision_follows_the_hardware_unless_asked(requested, ds_bf16, native, expected, why):
+    answer = (native, "CPU X has avx512_bf16" if native else "CPU X has neither")
+    precision, reason = choose_precision(requested, ds_bf16, lambda: answer)
+    assert precision == expected and reason.startswith(why)
+
+
+@pytest.mark.parametrize("forced, expected", [("1", "bf16"), ("0", "fp32")])
+def test_auto_precision_flips_with_the_hardware_answer(tmp_path, monkeypatch, forced, expected):
+    """The path of the other kind of machine, forced on this one: the resolved JSON, the
+    precision and the recorded reason all follow the hardware's answer."""
+    monkeypatch.setenv(FORCE_NATIVE_BF16, forced)
+    native_bf16.cache_clear()
+    try:
+        cfg = load(tmp_path, tiny_config(tmp_path / "r", train={"precision": "auto"}))
+        out, precision, why = resolve(cfg, read_ds_config(str(DS_CONFIGS / "zero0.json"))[0])
+    finally:
+        native_bf16.cache_clear()
+    assert precision == expected and out["bf16"]["enabled"] is (expected == "bf16")
+    assert why == f"auto: {FORCE_NATIVE_BF16}={forced}"
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch):
+    import rtune_ds.hardware as hw
+
+    monkeypatch.delenv(FORCE_NATIVE_BF16, raising=False)
+    for flags, native in (({"avx2", "avx512_bf16"}, True), ({"avx2", "amx_bf16"}, True),
+                          ({"avx2", "avx512f"}, False)):
+        monkeypatch.setattr(hw, "cpu_info", lambda flags=flags: {"model": "M", "flags": flags})
+        native_bf16.cache_clear()
+        assert native_bf16()[0] is native, flags
+    native_bf16.cache_clear()

@@ -5,7 +5,7 @@ cannot read the student's inputs or has other labels is refused before any outpu
 import json
 
 import pytest
-from conftest import check, derived_base, read_jsonl, recycle
+from conftest import check, derived_base, read_jsonl, recycle, recycle_args, rtune_many
 
 pytestmark = pytest.mark.slow
 
@@ -14,14 +14,24 @@ CASES = [("distill", "zero2", "full", []), ("distill", "zero3", "lora", []),
          ("init+distill", "zero3", "full", ["distill.beta=0.5"])]
 
 
+def run_name(method: str, ds: str, kind: str) -> str:
+    return f"kd_{method}_{ds}_{kind}".replace("+", "_")
+
+
+@pytest.fixture(scope="module")
+def distilled(recycle_env):
+    """Every case recycled onto v1 on 2 ranks, in one launch."""
+    _, bases, bundles, cache = recycle_env
+    rtune_many([recycle_args(recycle_env, run_name(method, ds, kind), bundles[kind], bases["v1"],
+                             method, ds, ["train.eval_every=10", *extra])
+                for method, ds, kind, extra in CASES], cache)
+    return recycle_env[0]
+
+
 @pytest.mark.parametrize("method,ds,kind,extra", CASES)
-def test_distillation_trains_in_lockstep_with_a_frozen_offloaded_teacher(recycle_env, method, ds,
+def test_distillation_trains_in_lockstep_with_a_frozen_offloaded_teacher(distilled, method, ds,
                                                                          kind, extra):
-    root, bases, bundles, _ = recycle_env
-    name = f"kd_{method}_{ds}_{kind}".replace("+", "_")
-    check(recycle(recycle_env, name, bundles[kind], bases["v1"], method=method, nproc=2, ds=ds,
-                  extra=["train.eval_every=10", *extra]))
-    run = root / name
+    run = distilled / run_name(method, ds, kind)
     teacher = json.loads((run / "teacher.json").read_text())
     assert teacher["weights_digest_before"] == teacher["weights_digest_after"]
     assert teacher["trainable_parameters"] == 0 and teacher["parameters_with_grad"] == 0

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FIXTURES, check, finetune_config, read_jsonl, rtune, tiny_base, write_config
+from conftest import (
+    FIXTURES,
+    check,
+    finetune_config,
+    read_jsonl,
+    rtune,
+    rtune_many,
+    tiny_base,
+    write_config,
+)
 
 from rtune_ds.config.load import run_config_from
 from rtune_ds.errors import ConfigError
@@ -238,9 +247,8 @@ def test_a_run_split_by_stop_after_stops_at_the_same_step(early, cache_dir, tmp_
     run_dir = tmp_path / "split"
     cfg = write_config(tmp_path / "split.yaml", {**cfg, "run_dir": str(run_dir)})
     args = ["finetune", "--config", str(cfg), "--ds-config", "ds_configs/zero3.json"]
-    check(rtune([*args, f"train.stop_after={cut}"], cache_dir, 2))
-    assert not (run_dir / "final").exists()
-    check(rtune([*args, "--resume", "auto"], cache_dir, 2))
+    rtune_many([[*args, f"train.stop_after={cut}"], [*args, "--resume", "auto"]], cache_dir)
+    assert (run_dir / "checkpoints" / f"step_{cut:08d}").is_dir()  # where the first launch stopped
     split = summary_of(run_dir)
     assert (split["step"], split["best_step"], split["early_stopped"]) == (
         s["step"], s["best_step"], True)

@@ -6,8 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config, write_config
-from test_io import finished_runs, rtune_under
+from conftest import finished_runs, rtune_under, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 

@@ -4,8 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import FIXTURES, rtune, write_config
-from test_finetune_ranks import finetune_config, tiny_base
+from conftest import FIXTURES, finetune_config, rtune, tiny_base, write_config
 
 
 def setup_case(tmp_path, cache_dir, case):
@@ -20,6 +19,20 @@ def setup_case(tmp_path, cache_dir, case):
     elif case == "label outside task.labels":
         cfg["task"]["labels"] = ["animal", "food", "tool"]
         culprits = ["'place'", "task.labels", "cls_train.jsonl"]
+    elif case == "null label":
+        train = tmp_path / "train.jsonl"
+        lines = FIXTURES.joinpath("cls_train.jsonl").read_text().splitlines()
+        lines.insert(2, json.dumps({"text": "a boat on the sea", "label": None}))
+        train.write_text("\n".join(lines) + "\n")
+        cfg["task"]["train"] = str(train)
+        culprits = ["train.jsonl: line 3", "'label' is null or missing", "task.label_field"]
+    elif case == "text missing in a record":
+        dev = tmp_path / "dev.jsonl"
+        dev.write_text(FIXTURES.joinpath("cls_dev.jsonl").read_text() + "\n"
+                       + json.dumps({"label": "tool"}) + "\n")
+        n_lines = len(dev.read_text().splitlines())
+        cfg["task"]["dev"] = str(dev)
+        culprits = [f"dev.jsonl: line {n_lines}", "'text' is null or missing"]
     elif case == "text column missing":
         cfg["task"]["text_field"] = "sentence"
         culprits = ["'sentence'", "task.text_field", "cls_train.jsonl"]
@@ -43,7 +56,8 @@ def setup_case(tmp_path, cache_dir, case):
     return write_config(tmp_path / "run.yaml", cfg), culprits
 
 
-CASES = ["label outside the label set", "label outside task.labels", "text column missing",
+CASES = ["label outside the label set", "label outside task.labels", "null label",
+         "text missing in a record", "text column missing",
          "lora target module not in the model", "base of another architecture",
          "lm task on an encoder base", "few-shot of zero", "examples longer than the positions"]
 

@@ -13,29 +13,46 @@ from conftest import (
     finetune_config,
     read_jsonl,
     rtune,
+    rtune_many,
     tiny_base,
     write_config,
 )
 from safetensors.torch import load_file
 
+CASES = [("full", "zero2"), ("full", "zero3"), ("lora", "zero2"), ("lora", "zero3")]
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, cache_dir):
-    done, root = {}, tmp_path_factory.mktemp("ft_runs")
+    """Fine-tuning runs by name, every 2-rank one made in one launch when first asked for (the
+    CASES, IA3, LM SFT with LoRA, and LoRA ZeRO-3 stopped after 20 steps and resumed); a 1-rank
+    one in this process when first asked for. name -> run dir."""
+    root, base = tmp_path_factory.mktemp("ft_runs"), tiny_base(cache_dir)
 
-    def get(name: str, method: str, ds: str, nproc: int, **sections) -> Path:
-        if name not in done:
-            run_dir = root / name
-            cfg = finetune_config(run_dir, tiny_base(cache_dir), method, **sections)
-            check(rtune(["finetune", "--config", str(write_config(root / f"{name}.yaml", cfg)),
-                         "--ds-config", f"ds_configs/{ds}.json"], cache_dir, nproc))
-            done[name] = run_dir
-        return done[name]
+    def args(name: str, method: str, ds: str, **sections) -> list[str]:
+        cfg = finetune_config(root / name, base, method, **sections)
+        return ["finetune", "--config", str(write_config(root / f"{name}.yaml", cfg)),
+                "--ds-config", f"ds_configs/{ds}.json"]
+
+    sft = {"type": "lm", "train": str(FIXTURES / "sft_train.jsonl"),
+           "dev": str(FIXTURES / "sft_dev.jsonl"), "test": None}
+    resumed = args("lora_zero3_resumed", "lora", "zero3")
+    two_ranks = [*(args(f"{method}_{ds}", method, ds) for method, ds in CASES),
+                 args("ia3", "ia3", "zero3", train={"lr": 1e-2, "max_steps": 20, "eval_every": 10}),
+                 args("sft", "lora", "zero3", task=sft, train={"max_steps": 20, "eval_every": 10}),
+                 [*resumed, "train.stop_after=20"], [*resumed, "--resume", "auto"]]
+    launched = []
+
+    def get(name: str, method: str | None = None, ds: str | None = None, nproc: int = 2,
+            **sections) -> Path:
+        if nproc == 2 and not launched:
+            rtune_many(two_ranks, cache_dir)
+            launched.append(True)
+        if nproc == 1 and not (root / name / "final").is_dir():
+            check(rtune(args(name, method, ds, **sections), cache_dir))
+        return root / name
 
     return get
-
-
-CASES = [("full", "zero2"), ("full", "zero3"), ("lora", "zero2"), ("lora", "zero3")]
 
 
 def bundle(run_dir: Path) -> dict:
@@ -179,16 +196,12 @@ def test_export_writes_a_plain_merged_model(runs, cache_dir, tmp_path, name, met
 
 
 @pytest.mark.slow
-def test_ia3_learns_and_its_bundle_reapplies(cache_dir, tmp_path):
+def test_ia3_learns_and_its_bundle_reapplies(runs, cache_dir):
     """Another PEFT method: IA3 (with the classifier head trained and saved)."""
     from rtune_ds.recycling.merge import apply_bundle
     from rtune_ds.train.evaluate import evaluate_classification
 
-    base = tiny_base(cache_dir)
-    run_dir = tmp_path / "ia3"
-    cfg = finetune_config(run_dir, base, "ia3", train={"lr": 1e-2, "max_steps": 20, "eval_every": 10})
-    check(rtune(["finetune", "--config", str(write_config(tmp_path / "ia3.yaml", cfg)),
-                 "--ds-config", "ds_configs/zero3.json"], cache_dir, 2))
+    base, run_dir = tiny_base(cache_dir), runs("ia3")
     meta = bundle(run_dir)
     assert meta["kind"] == "peft" and meta["method"] == "ia3" and meta["head"] == ["score.weight"]
     assert meta["metrics"]["dev"]["eval/accuracy"] >= 0.4  # chance: 0.25
@@ -215,17 +228,10 @@ def test_roberta_style_base(cache_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_lm_sft_with_lora_on_two_ranks(cache_dir, tmp_path):
+def test_lm_sft_with_lora_on_two_ranks(runs, cache_dir):
     from rtune_ds.recycling.merge import apply_bundle
 
-    base = tiny_base(cache_dir)
-    run_dir = tmp_path / "sft"
-    cfg = finetune_config(run_dir, base, "lora",
-                          task={"type": "lm", "train": str(FIXTURES / "sft_train.jsonl"),
-                                "dev": str(FIXTURES / "sft_dev.jsonl"), "test": None},
-                          train={"max_steps": 20, "eval_every": 10})
-    check(rtune(["finetune", "--config", str(write_config(tmp_path / "sft.yaml", cfg)),
-                 "--ds-config", "ds_configs/zero3.json"], cache_dir, 2))
+    base, run_dir = tiny_base(cache_dir), runs("sft")
     evals = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "eval/loss" in m]
     assert [m["step"] for m in evals] == [0, 10, 20]
     assert all("eval/exact_match" in m for m in evals)
@@ -239,16 +245,11 @@ def test_lm_sft_with_lora_on_two_ranks(cache_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_stop_and_resume_keeps_the_best_state(runs, cache_dir, tmp_path):
+def test_stop_and_resume_keeps_the_best_state(runs):
     """The best-dev weights travel in checkpoints (per-rank ZeRO-3 partitions): a run stopped
     after 20 steps and resumed ends with the same bundle as the uninterrupted run."""
-    full = runs("lora_zero3", "lora", "zero3", 2)
-    run_dir = tmp_path / "resumed"
-    cfg = write_config(tmp_path / "r.yaml", finetune_config(run_dir, tiny_base(cache_dir), "lora"))
-    args = ["finetune", "--config", str(cfg), "--ds-config", "ds_configs/zero3.json"]
-    check(rtune([*args, "train.stop_after=20"], cache_dir, 2))
-    assert not (run_dir / "final").exists()
-    check(rtune([*args, "--resume", "auto"], cache_dir, 2))
+    full, run_dir = runs("lora_zero3"), runs("lora_zero3_resumed")
+    assert (run_dir / "checkpoints" / "step_00000020").is_dir()  # where the first launch stopped
     a, b = tensors(full), tensors(run_dir)
     assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     assert bundle(run_dir)["metrics"]["best_step"] == bundle(full)["metrics"]["best_step"]

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from torch.optim.lr_scheduler import LambdaLR
+from conftest import engine_of
 
 from rtune_ds.config.schema import DistillConfig
 from rtune_ds.errors import ConfigError
@@ -33,18 +33,6 @@ def nudge(module: torch.nn.Module, by: float) -> None:
     with torch.no_grad():
         for p in module.parameters():
             p.add_(by)
-
-
-def engine_of(model: torch.nn.Module, zero: dict | None = None):
-    import deepspeed
-
-    config = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
-              "optimizer": {"type": "AdamW", "params": {"lr": 0.05}},
-              "zero_optimization": zero or {"stage": 0}, "steps_per_print": 10**9}
-    engine, *_ = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=config, lr_scheduler=lambda opt: LambdaLR(opt, lambda s: 1 / (1 + s)))
-    return engine
 
 
 def backward(engine, seed: int) -> None:

@@ -3,8 +3,6 @@ it staged and leaves what was there; a race lost to another process leaks nothin
 honour the umask (the HF export's and a bundle's final/ are 0755 with 0644 files under 022)."""
 import os
 import resource
-import subprocess
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,13 +10,7 @@ import pytest
 import torch
 from conftest import (
     FIXTURES,
-    REPO,
-    base_env,
-    check,
-    finetune_config,
-    tiny_base,
-    tiny_config,
-    write_config,
+    finished_runs,
 )
 from safetensors.torch import save_file
 
@@ -32,28 +24,6 @@ from rtune_ds.io import (
     staged_dir,
     staged_file,
 )
-
-
-def rtune_under(args: list[str], cache: Path, preexec) -> subprocess.CompletedProcess:
-    """`rtune ARGS` in a process set up by `preexec` (a umask, a file-size limit)."""
-    return subprocess.run([sys.executable, "-m", "rtune_ds", *args], cwd=REPO,
-                          env=base_env(cache), capture_output=True, text=True, timeout=900,
-                          preexec_fn=preexec)
-
-
-def finished_runs(cache: Path) -> dict[str, Path]:
-    """A tiny pretraining run and a full fine-tuning run (on the tiny base), finished under umask
-    022; made once per test session and shared by the test modules that read them."""
-    root, base = cache / "finished_runs", tiny_base(cache)
-    jobs = {"pretrain": tiny_config(root / "pretrain", train={"max_steps": 4, "eval_every": 0}),
-            "finetune": finetune_config(root / "finetune", base, "full",
-                                        train={"max_steps": 4, "eval_every": 2})}
-    root.mkdir(exist_ok=True)
-    for name, cfg in jobs.items():
-        if not (root / name / "summary.json").is_file():
-            config = write_config(root / f"{name}.yaml", cfg)
-            check(rtune_under([name, "--config", str(config)], cache, lambda: os.umask(0o022)))
-    return {"base": base, **{name: root / name for name in jobs}}
 
 
 @contextmanager

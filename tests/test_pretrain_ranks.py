@@ -7,9 +7,12 @@ import threading
 import pytest
 import torch
 from conftest import (
+    STAGES,
     check,
     free_port,
+    pretrain_args,
     rtune,
+    rtune_many,
     summary,
     tiny_config,
     train_losses,
@@ -19,31 +22,6 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 pytestmark = pytest.mark.slow
-STAGES = ["zero0", "zero1", "zero2", "zero3", "zero3_offload"]
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, cache_dir):
-    """Run dirs by name, each trained once per module: name -> Path."""
-    done = {}
-    root = tmp_path_factory.mktemp("runs")
-
-    def get(name: str, ds: str, nproc: int = 2, overrides=(), resume_after=None):
-        if name in done:
-            return done[name]
-        run_dir = root / name
-        cfg = write_config(root / f"{name}.yaml", tiny_config(run_dir))
-        args = ["pretrain", "--config", str(cfg), "--ds-config", f"ds_configs/{ds}.json",
-                *overrides]
-        if resume_after:
-            check(rtune([*args, f"train.stop_after={resume_after}"], cache_dir, nproc))
-            assert not (run_dir / "final").exists()  # the schedule is not done yet
-            args += ["--resume", "auto"]
-        check(rtune(args, cache_dir, nproc))
-        done[name] = run_dir
-        return run_dir
-
-    return get
 
 
 def eval_loss_of_export(run_dir, cache):
@@ -65,8 +43,8 @@ def eval_loss_of_export(run_dir, cache):
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_every_zero_stage_trains_on_two_ranks(runs, stage, cache_dir):
-    run_dir = runs(stage, stage)
+def test_every_zero_stage_trains_on_two_ranks(stage_runs, stage, cache_dir):
+    run_dir = stage_runs / stage
     losses = train_losses(run_dir)
     assert len(losses) == 16
     assert sum(list(losses.values())[-4:]) / 4 < losses[1] - 1.0  # loss falls
@@ -80,8 +58,8 @@ def test_every_zero_stage_trains_on_two_ranks(runs, stage, cache_dir):
     assert lineage["schedule"]["min_lr"] == pytest.approx(3e-4)
 
 
-def test_stages_agree(runs):
-    finals = [summary(runs(s, s))["final_eval"]["eval/loss"] for s in STAGES]
+def test_stages_agree(stage_runs):
+    finals = [summary(stage_runs / s)["final_eval"]["eval/loss"] for s in STAGES]
     assert max(finals) - min(finals) < 1e-3, finals
 
 
@@ -92,17 +70,17 @@ def max_weight_diff(a, b):
 
 
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
-def test_stop_and_resume_matches_uninterrupted_run(runs, stage):
-    full = runs(stage, stage)
-    resumed = runs(f"{stage}_resumed", stage, resume_after=7)
+def test_stop_and_resume_matches_uninterrupted_run(stage_runs, stage):
+    full, resumed = stage_runs / stage, stage_runs / f"{stage}_resumed"
+    assert (resumed / "checkpoints" / "step_00000007").is_dir()  # where the first launch stopped
     assert max_weight_diff(full, resumed) <= 1e-6
     a, b = train_losses(full), train_losses(resumed)
     assert list(b) == list(range(1, 17))  # metrics.jsonl has each step once
     assert all(abs(a[s] - b[s]) <= 1e-5 for s in a)
 
 
-def test_two_node_no_ssh_launch_matches_single_node(runs, tmp_path, cache_dir):
-    reference = runs("zero2", "zero2")
+def test_two_node_no_ssh_launch_matches_single_node(stage_runs, tmp_path, cache_dir):
+    reference = stage_runs / "zero2"
     run_dir = tmp_path / "two_node"
     cfg = write_config(tmp_path / "run.yaml", tiny_config(run_dir))
     port = free_port()
@@ -125,47 +103,62 @@ def test_two_node_no_ssh_launch_matches_single_node(runs, tmp_path, cache_dir):
     assert max_weight_diff(reference, run_dir) <= 1e-6
 
 
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
-def test_resume_at_another_world_size_through_universal_checkpoint(runs, stage, tmp_path,
-                                                                  cache_dir):
-    full = runs(stage, stage)
-    run_dir = tmp_path / "ws"
-    cfg = write_config(tmp_path / "ws.yaml", tiny_config(run_dir))
-    args = ["pretrain", "--config", str(cfg), "--ds-config", f"ds_configs/{stage}.json",
-            "--resume", "auto"]
-    check(rtune([*args, "train.stop_after=8"], cache_dir, nproc=2))
-    refused = rtune(args, cache_dir, nproc=1)  # 1 rank x micro 4 x accum 2 != the saved 16
-    assert refused.returncode == 2 and "train.global_batch_size=16" in refused.stderr
-    check(rtune([*args, "train.global_batch_size=16"], cache_dir, nproc=1))
+SHRINK, GROW = ["zero2", "zero3"], ["zero0", "zero2", "zero3"]
+
+
+@pytest.fixture(scope="module")
+def resized(tmp_path_factory, cache_dir):
+    """Runs continued at another world size: shrink-<stage> stopped after 8 steps on 2 ranks and
+    finished on 1, grow-<stage> stopped after 8 on 1 rank and finished on 2 (the 2-rank halves of
+    all of them in one launch). (root, {stage: the 1-rank resume refused for its global batch})"""
+    root = tmp_path_factory.mktemp("resized")
+
+    def args(name, stage):
+        return [*pretrain_args(root, name, stage), "--resume", "auto"]
+
+    for stage in GROW:
+        check(rtune([*args(f"grow-{stage}", stage), "train.stop_after=8",
+                     "train.global_batch_size=16"], cache_dir))
+        assert not (root / f"grow-{stage}" / "final").exists()  # the schedule is not done yet
+    rtune_many([*([*args(f"shrink-{stage}", stage), "train.stop_after=8"] for stage in SHRINK),
+                *(args(f"grow-{stage}", stage) for stage in GROW)], cache_dir)
+    refused = {}
+    for stage in SHRINK:
+        refused[stage] = rtune(args(f"shrink-{stage}", stage), cache_dir)
+        check(rtune([*args(f"shrink-{stage}", stage), "train.global_batch_size=16"], cache_dir))
+    return root, refused
+
+
+@pytest.mark.parametrize("stage", SHRINK)
+def test_resume_at_another_world_size_through_universal_checkpoint(stage_runs, resized, stage):
+    root, refused = resized
+    run_dir = root / f"shrink-{stage}"
+    # 1 rank x micro 4 x accum 2 != the saved 16
+    assert refused[stage].returncode == 2
+    assert "train.global_batch_size=16" in refused[stage].stderr
     assert summary(run_dir)["world_size"] == 1
     assert (run_dir / "checkpoints" / "step_00000008_universal").is_dir()
-    a, b = train_losses(full), train_losses(run_dir)
+    a, b = train_losses(stage_runs / stage), train_losses(run_dir)
     assert list(b) == list(range(1, 17))
     assert max(abs(a[s] - b[s]) for s in a) <= 1e-4
 
 
-@pytest.mark.parametrize("stage", ["zero0", "zero2", "zero3"])
-def test_resume_at_a_larger_world_size(runs, stage, tmp_path, cache_dir):
-    full = runs(stage, stage)
-    run_dir = tmp_path / "grow"
-    cfg = write_config(tmp_path / "grow.yaml", tiny_config(run_dir))
-    args = ["pretrain", "--config", str(cfg), "--ds-config", f"ds_configs/{stage}.json",
-            "--resume", "auto"]
-    check(rtune([*args, "train.stop_after=8", "train.global_batch_size=16"], cache_dir, nproc=1))
-    check(rtune(args, cache_dir, nproc=2))
+@pytest.mark.parametrize("stage", GROW)
+def test_resume_at_a_larger_world_size(stage_runs, resized, stage):
+    run_dir = resized[0] / f"grow-{stage}"
     assert summary(run_dir)["world_size"] == 2
     # a ZeRO-0 checkpoint holds the whole optimizer state and loads as it is
     assert (run_dir / "checkpoints" / "step_00000008_universal").is_dir() == (stage != "zero0")
-    a, b = train_losses(full), train_losses(run_dir)
+    a, b = train_losses(stage_runs / stage), train_losses(run_dir)
     assert list(b) == list(range(1, 17))
     assert max(abs(a[s] - b[s]) for s in a) <= 1e-4
 
 
-def test_resume_with_another_zero_stage(runs, tmp_path, cache_dir):
+def test_resume_with_another_zero_stage(stage_runs, tmp_path, cache_dir):
     """ZeRO-1 -> 2 converts through a universal checkpoint; DeepSpeed has no conversion to or
     from stage 0 or 3, so those are refused before any compute, leaving the run dir as it was.
     (1 rank with the 2-rank global batch: the data order, and so the curve, is the same.)"""
-    full = runs("zero2", "zero2")
+    full = stage_runs / "zero2"
     run_dir = tmp_path / "restage"
     cfg = write_config(tmp_path / "restage.yaml", tiny_config(run_dir))
     args = ["pretrain", "--config", str(cfg), "--resume", "auto", "train.global_batch_size=16"]

@@ -23,6 +23,7 @@ from conftest import (
     finetune_config,
     recycle,
     rtune,
+    rtune_many,
     tiny_bert_base,
     write_config,
 )
@@ -70,12 +71,21 @@ def separate_compat(env, name: str) -> dict:
     return json.loads((run_dir / "compat.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def on_two_ranks(env):
+    """The library through recycle-all on 2 ranks under ZeRO-2 and ZeRO-3 (root/all_<ds>), in
+    one launch."""
+    root, bases, shelf, cache = env
+    rtune_many([["recycle-all", "--bundles", str(shelf), "--base", str(bases["v1"]), "--out",
+                 str(root / f"all_{ds}"), "--ds-config", f"ds_configs/{ds}.json"]
+                for ds in ("zero2", "zero3")], cache)
+
+
 @pytest.mark.parametrize("ds", ["zero2", "zero3"])
-def test_a_library_on_one_base_scores_as_separate_launches_and_restores_the_base(env, ds):
+def test_a_library_on_one_base_scores_as_separate_launches_and_restores_the_base(env, on_two_ranks,
+                                                                               ds):
     root, bases, shelf, cache = env
     out = root / f"all_{ds}"
-    check(rtune(["recycle-all", "--bundles", str(shelf), "--base", str(bases["v1"]), "--out",
-                 str(out), "--ds-config", f"ds_configs/{ds}.json"], cache, nproc=2))
     report = json.loads((out / "recycle_all.json").read_text())
     assert report["world_size"] == 2 and report["zero_stage"] == int(ds[-1])
     for name in ("full", "lora", "ia3"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FIXTURES, check, derived_base, recycle, rtune
+from conftest import FIXTURES, check, derived_base, recycle, recycle_args, rtune, rtune_many
 from transformers import AutoTokenizer
 
 pytestmark = pytest.mark.slow
@@ -35,6 +35,13 @@ def with_layers(n: int):
 
 @pytest.fixture(scope="module")
 def env(recycle_env):
+    """recycle_env, with its 2-rank recyclings made in one launch: the full and LoRA bundles'
+    compat on v1 under ZeRO-3 (c3_<method>), and init under ZeRO-2."""
+    _, bases, bundles, cache = recycle_env
+    rtune_many([*(recycle_args(recycle_env, f"c3_{method}", bundles[method], bases["v1"],
+                               ds="zero3") for method in ("full", "lora")),
+                recycle_args(recycle_env, "init", bundles["full"], bases["v1"], method="init",
+                             ds="zero2")], cache)
     return recycle_env
 
 
@@ -51,8 +58,6 @@ def compat_on_v1(env, method: str) -> dict:
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_zero3_on_two_ranks_maps_exactly_as_one_unsharded_rank(env, method):
-    _, bases, bundles, _ = env
-    check(recycle(env, f"c3_{method}", bundles[method], bases["v1"], nproc=2, ds="zero3"))
     one, three = compat_on_v1(env, method), compat(env, f"c3_{method}")
     assert one["weights_digest"] == three["weights_digest"]
     assert one["dev"] == pytest.approx(three["dev"], abs=1e-6)
@@ -65,7 +70,6 @@ def test_zero3_on_two_ranks_maps_exactly_as_one_unsharded_rank(env, method):
 
 def test_init_starts_from_the_compat_point_and_writes_a_new_bundle(env):
     root, bases, bundles, _ = env
-    check(recycle(env, "init", bundles["full"], bases["v1"], method="init", nproc=2, ds="zero2"))
     first = json.loads((root / "init" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["step"] == 0
     assert first["eval/loss"] == pytest.approx(compat_on_v1(env, "full")["dev"]["loss"], abs=1e-5)

@@ -105,6 +105,15 @@ def release_unused_run_dirs() -> None:
 atexit.register(release_unused_run_dirs)
 
 
+def release_run_dirs() -> None:
+    """Let go of every run dir this process holds, as its exit would: for a process that runs
+    one launch after another (a test session), once a launch is done."""
+    release_unused_run_dirs()
+    for path, held in list(_held.items()):
+        os.close(held.fd)
+        del _held[path]
+
+
 def _same_file(fd: int, path: Path) -> bool:
     try:
         return os.path.samestat(os.fstat(fd), os.stat(path))

@@ -172,8 +172,7 @@ def validate_train(cfg: RunConfig, where: str, command: str = "pretrain") -> Non
              "train.eval_every", "eval_every/save_every >= 0 and log_every > 0")
     if t.stop_after is not None:
         _require(t.stop_after > 0, where, "train.stop_after", "must be > 0")
-    if t.precision is not None:
-        _require(t.precision in PRECISIONS, where, "train.precision", f"one of {PRECISIONS}")
+    _require(t.precision in PRECISIONS, where, "train.precision", f"one of {PRECISIONS}")
     _require(t.nonfinite in NONFINITE_POLICIES, where, "train.nonfinite",
              f"one of {NONFINITE_POLICIES}, got {t.nonfinite!r}")
     if t.patience is not None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rtune_ds.config.load import read_mapping
 from rtune_ds.config.schema import RunConfig
 from rtune_ds.errors import ConfigError
+from rtune_ds.hardware import native_bf16
 from rtune_ds.resources import DS_CONFIGS
 
 
@@ -75,9 +76,21 @@ def reduce_bucket_size(hidden_size: int) -> int:
     return hidden_size * hidden_size
 
 
+def choose_precision(requested: str, ds_bf16, native: Callable[[], tuple[bool, str]]
+                     ) -> tuple[str, str]:
+    """(precision, why): train.precision when it names one; under `auto`, a literal bf16.enabled
+    of the DeepSpeed JSON, else what the hardware runs natively (`native()`: (bool, reason))."""
+    if requested != "auto":
+        return requested, f"train.precision: {requested}"
+    if isinstance(ds_bf16, bool):
+        return ("bf16" if ds_bf16 else "fp32"), f"the DeepSpeed JSON's bf16.enabled: {ds_bf16}"
+    is_native, why = native()
+    return ("bf16" if is_native else "fp32"), f"auto: {why}"
+
+
 def resolve_ds_config(ds_in: dict, where: str, cfg: RunConfig, world_size: int, grad_accum: int,
-                      peak_lr: float, hidden_size: int) -> tuple[dict, str]:
-    """Return (the resolved DeepSpeed dict, the precision it runs in)."""
+                      peak_lr: float, hidden_size: int) -> tuple[dict, str, str]:
+    """Return (the resolved DeepSpeed dict, the precision it runs in, why that one)."""
     ds = copy.deepcopy(ds_in)
     t = cfg.train
     f = _Filler(ds, where)
@@ -101,8 +114,8 @@ def resolve_ds_config(ds_in: dict, where: str, cfg: RunConfig, world_size: int, 
            "train.micro_batch_size x train.grad_accum x world size")
     f.fill("gradient_clipping", t.grad_clip, "train.grad_clip")
 
-    bf16_literal = ds.get("bf16", {}).get("enabled", "auto")
-    precision = t.precision or ("bf16" if bf16_literal is True else "fp32")
+    precision, precision_why = choose_precision(t.precision, ds.get("bf16", {}).get("enabled"),
+                                                native_bf16)
     f.fill("bf16.enabled", precision == "bf16", "train.precision")
 
     if "optimizer" not in ds:
@@ -124,5 +137,5 @@ def resolve_ds_config(ds_in: dict, where: str, cfg: RunConfig, world_size: int, 
     left = _find_auto(ds)
     if left:
         raise ConfigError(f"{where}: '{left}' is \"auto\" but the RunConfig has no value for it")
-    return ds, precision
+    return ds, precision, precision_why
 

@@ -68,7 +68,9 @@ class TrainConfig:
     save_every: int = 0  # 0: checkpoint only when a launch ends
     stop_after: int | None = None  # end this launch after N steps; the schedule still spans max_steps
     log_every: int = 1
-    precision: str | None = None  # fp32 | bf16; None: whatever the DeepSpeed JSON says, else fp32
+    # fp32 | bf16 | auto: a literal bf16.enabled of the DeepSpeed JSON, else bf16 only where the
+    # hardware computes it natively (rtune_ds/hardware.py)
+    precision: str = "auto"
     nonfinite: str = "stop"  # on a NaN/Inf loss: stop (exit 3, nothing saved) | skip the update
     patience: int | None = None  # end after this many evals without a better best metric
     # pretrain: write an HF export to run_dir/exports/step-<N>/ at N = round(f * max_steps)
@@ -152,7 +154,7 @@ OBJECTIVES = ("clm", "mlm")
 INITS = ("pretrained", "random")
 
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 NONFINITE_POLICIES = ("skip", "stop")

@@ -124,11 +124,32 @@ def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor
     return ids, mask
 
 
-def _column(ds: datasets.Dataset, name: str, field_key: str, path: str, where: str) -> list:
+def line_of(path: str, record: int) -> str:
+    """Where record `record` (0-based) of a table file stands, as a reader finds it: the line of a
+    jsonl/csv file (blank jsonl lines are not records; csv has a header), else its index."""
+    suffix = Path(path).suffix
+    if suffix == ".jsonl":
+        with open(path) as fh:
+            lines = (n for n, line in enumerate(fh, 1) if line.strip())
+            return f"line {next(n for i, n in enumerate(lines) if i == record)}"
+    if suffix == ".csv":
+        return f"line {record + 2}"
+    return f"record {record + 1}"
+
+
+def column(ds: datasets.Dataset, name: str, field_key: str, path: str, where: str) -> list:
+    """The values of column `name`; a record without one (null, missing or blank) is an error
+    naming the file and line, never a value of its own (a null label is not a class 'None')."""
     if name not in ds.column_names:
         raise ConfigError(f"{path}: no '{name}' column (columns: {ds.column_names}); "
                           f"set {field_key} in {where}")
-    return ds[name]
+    values = ds[name]
+    for i, value in enumerate(values):
+        if value is None or not str(value).strip():
+            raise ConfigError(f"{path}: {line_of(path, i)}: '{name}' is "
+                              f"{'null or missing' if value is None else 'empty'}; every record "
+                              f"needs one ({field_key} in {where})")
+    return values
 
 
 def encode_classification(texts: list[str], label_ids: list[int], tokenizer,
@@ -171,8 +192,8 @@ def load_task(task: TaskConfig, tokenizer, seed: int, where: str) -> TaskData:
         raise ConfigError(f"{where}: key 'model.path': the base's tokenizer has no pad token")
     splits, sizes, label_names = {}, {}, None
     if task.type == "classification":
-        columns = {s: (_column(t, task.text_field, "task.text_field", files[s], where),
-                       [str(v) for v in _column(t, task.label_field, "task.label_field",
+        columns = {s: (column(t, task.text_field, "task.text_field", files[s], where),
+                       [str(v) for v in column(t, task.label_field, "task.label_field",
                                                 files[s], where)])
                    for s, t in tables.items()}
         label_names = list(task.labels) if task.labels else sorted(set(columns["train"][1]))
@@ -196,8 +217,8 @@ def load_task(task: TaskConfig, tokenizer, seed: int, where: str) -> TaskData:
                                               tokenizer, task.max_len)
     else:
         for s, t in tables.items():
-            prompts = _column(t, task.prompt_field, "task.prompt_field", files[s], where)
-            completions = _column(t, task.completion_field, "task.completion_field", files[s],
+            prompts = column(t, task.prompt_field, "task.prompt_field", files[s], where)
+            completions = column(t, task.completion_field, "task.completion_field", files[s],
                                   where)
             if not prompts:
                 raise ConfigError(f"{files[s]}: no examples")

@@ -29,6 +29,7 @@ from rtune_ds.demo.plan import (
     write_configs,
 )
 from rtune_ds.errors import ConfigError
+from rtune_ds.hardware import cpu_info
 from rtune_ds.io import save_json
 from rtune_ds.launch import launcher_command, run_launch
 from rtune_ds.models.released import RELEASED, check_manifest, fetch_released, file_digests
@@ -130,7 +131,10 @@ def build_report(jobs: list[Job], out: Path, meta: dict) -> dict:
     conv = results.convergence(found, logs, meta["budget"]["tune"]["global_batch_size"])
     pre = results.pretraining(runs)
     conn, sim = results.analyses(runs)
-    report = {**meta, "pretraining": pre, "runs": found, "grid": results.grid_table(found),
+    v1 = json.loads((runs / "v1" / "summary.json").read_text())
+    report = {**meta, "cpu": cpu_info()["model"],
+              "precision": {"chosen": v1["precision"], "why": v1.get("precision_why")},
+              "pretraining": pre, "runs": found, "grid": results.grid_table(found),
               "table": rows, "compat_curve": curve, "convergence": conv,
               "phases": phases(jobs, meta),
               "connectivity": {n: {"barrier": p["barrier"], "curve": p["curve"]}

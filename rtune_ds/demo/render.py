@@ -39,7 +39,8 @@ def markdown(report: dict) -> str:
             f"v0 = preset `{base['preset']}` pretrained here")
     lines = [
         f"# rtune demo ({report['profile']})", "",
-        f"{what}; {b['precision']}, {report['nproc']} ranks, DeepSpeed `{report['ds_config']}`; "
+        f"{what}; {report['precision']['chosen']} ({report['precision']['why']}), "
+        f"{report['nproc']} ranks on {report['cpu']}, DeepSpeed `{report['ds_config']}`; "
         f"wall time {report['wall_time_s']:.0f} s ({len(report['jobs'])} jobs, "
         f"{sum(1 for x in report['jobs'] if x['reused'])} reused). Every number below is read "
         "from the run directories under `runs/` (TensorBoard: `tensorboard --logdir runs`); the "

@@ -55,6 +55,7 @@ class Plan:
     switch_step: int | None
     ds_config: dict
     precision: str
+    precision_why: str
     grad_accum: int
     resume_tag: str | None
     universal: bool  # resume through a universal checkpoint (other world size or ZeRO stage)
@@ -87,8 +88,8 @@ def plan(cfg: RunConfig, where: str, resume: str | None) -> Plan:
               if m.path and m.init == "pretrained" else None)
     head_warmup_steps = head_warmup_steps_of(cfg, parent, where)
     schedule = make_schedule(cfg, where)
-    ds_config, precision = resolve_ds_config(ds_in, ds_where, cfg, world, grad_accum,
-                                             schedule.peak_lr, hidden)
+    ds_config, precision, precision_why = resolve_ds_config(ds_in, ds_where, cfg, world,
+                                                            grad_accum, schedule.peak_lr, hidden)
     hold_run_dir(cfg.run_dir, where)
     tag = resume_tag_of(Path(cfg.run_dir), resume)
     universal = False
@@ -105,7 +106,7 @@ def plan(cfg: RunConfig, where: str, resume: str | None) -> Plan:
         if universal:
             ds_config.setdefault("checkpoint", {})["load_universal"] = True
     return Plan(cfg, where, objective, schedule, switch_step_of(cfg, schedule), ds_config,
-                precision, grad_accum, tag, universal, parent, head_warmup_steps,
+                precision, precision_why, grad_accum, tag, universal, parent, head_warmup_steps,
                 m.head_warmup_lr or schedule.peak_lr)
 
 

@@ -12,7 +12,7 @@ from rtune_ds.artifacts.lineage import bundle_fingerprint, fingerprint
 from rtune_ds.artifacts.run_dir import write_run_files
 from rtune_ds.config.load import read_mapping, run_config_from
 from rtune_ds.config.schema import RunConfig
-from rtune_ds.data.examples import load_table
+from rtune_ds.data.examples import column, load_table
 from rtune_ds.data.tokenizer import load_tokenizer, tokenizer_hash
 from rtune_ds.errors import ConfigError
 from rtune_ds.io import save_json
@@ -52,10 +52,8 @@ def task_labels(cfg: RunConfig, where: str) -> list[str] | None:
     if k.labels:
         return list(k.labels)
     table = load_table(k.train, "task.train", where)
-    if k.label_field not in table.column_names:
-        raise ConfigError(f"{where}: key 'task.label_field': no column '{k.label_field}' in "
-                          f"{k.train}")
-    return sorted({str(v) for v in table[k.label_field]})
+    return sorted({str(v) for v in column(table, k.label_field, "task.label_field", k.train,
+                                          where)})
 
 
 def adopt_bundle(cfg: RunConfig, old: OldWeights, where: str) -> None:

@@ -44,6 +44,7 @@ class Plan:
     schedule: Schedule
     ds_config: dict
     precision: str
+    precision_why: str
     grad_accum: int
     resume_tag: str | None
     model_type: str
@@ -62,12 +63,12 @@ def plan(cfg: RunConfig, where: str, resume: str | None) -> Plan:
     targets = resolve_peft_targets(cfg.tuning, model_type,
                                    module_names_of(cfg.model.path, task.type), where)
     schedule = make_schedule(cfg, where)
-    ds_config, precision = resolve_ds_config(ds_in, ds_where, cfg, world, grad_accum,
-                                             schedule.peak_lr, hidden_size_of(cfg.model.path))
+    ds_config, precision, precision_why = resolve_ds_config(
+        ds_in, ds_where, cfg, world, grad_accum, schedule.peak_lr, hidden_size_of(cfg.model.path))
     best = task.best_metric or DEFAULT_BEST[task.type]
     mode = "min" if "loss" in best else "max"
     hold_run_dir(cfg.run_dir, where)
-    return Plan(cfg, where, schedule, ds_config, precision, grad_accum,
+    return Plan(cfg, where, schedule, ds_config, precision, precision_why, grad_accum,
                 resume_tag_of(Path(cfg.run_dir), resume), model_type, targets, best, mode)
 
 
@@ -147,6 +148,7 @@ def finish(p: Plan, result: engine.TrainResult, tokenizer, data: TaskData, head:
     lineage = lineage_record(
         command, cfg.to_dict(), cfg.model.path, data.describe(), result.step, result.tokens,
         {"kind": "bundle", "method": cfg.tuning.method, "precision": p.precision,
+         "precision_why": p.precision_why,
          "labels": data.label_names, "metrics": metrics, **extra_lineage})
     save_bundle(result.engine, run_dir / "final", method=cfg.tuning.method,
                 task_type=cfg.task.type, base_dir=cfg.model.path, label_names=data.label_names,
@@ -159,7 +161,8 @@ def finish(p: Plan, result: engine.TrainResult, tokenizer, data: TaskData, head:
     if dist.is_main():
         save_json({"step": result.step, "world_size": dist.world_size(),
                    "zero_stage": p.ds_config["zero_optimization"]["stage"],
-                   "precision": p.precision, "best_step": result.best_step,
+                   "precision": p.precision, "precision_why": p.precision_why,
+                   "best_step": result.best_step,
                    "early_stopped": result.early_stopped, "patience": cfg.train.patience,
                    "best_eval": result.best_eval, "final_eval": result.last_eval,
                    "metrics": metrics, "sizes": data.sizes,

@@ -75,7 +75,7 @@ def lineage_at(p: pretraining.Plan, data: LMData, command: str, step: int, token
     s = p.schedule
     return lineage_record(
         command, p.cfg.to_dict(), p.cfg.model.path, data.describe(), step, tokens,
-        {"objective": p.objective, "precision": p.precision,
+        {"objective": p.objective, "precision": p.precision, "precision_why": p.precision_why,
          "schedule": {"kind": p.cfg.train.schedule, "peak_lr": s.peak_lr, "min_lr": s.min_lr,
                       "warmup_steps": s.warmup_steps, "total_steps": s.total_steps,
                       "switch_step": p.switch_step},
@@ -117,7 +117,8 @@ def finish(p: pretraining.Plan, result: engine.TrainResult, tokenizer, data: LMD
     if dist.is_main():
         save_json({"step": result.step, "tokens": result.tokens, "world_size": dist.world_size(),
                    "zero_stage": p.ds_config["zero_optimization"]["stage"],
-                   "precision": p.precision, "final_eval": result.last_eval,
+                   "precision": p.precision, "precision_why": p.precision_why,
+                   "final_eval": result.last_eval,
                    "rank_weight_digests": digests, "peak_rss_mb_per_rank": peak_rss_mb,
                    "median_step_time_s": result.median_step_time}, run_dir / "summary.json")
 

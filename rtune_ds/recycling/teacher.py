@@ -22,7 +22,7 @@ def teacher_ds_config(cfg: RunConfig, world: int, grad_accum: int, peak_lr: floa
     """The teacher's DeepSpeed JSON, its "auto" values filled from the run as the student's are."""
     path = cfg.distill.teacher_deepspeed or str(DS_CONFIGS / "teacher_offload.json")
     ds_in, where = read_ds_config(path)
-    ds, _ = resolve_ds_config(ds_in, where, cfg, world, grad_accum, peak_lr, hidden_size)
+    ds, _, _ = resolve_ds_config(ds_in, where, cfg, world, grad_accum, peak_lr, hidden_size)
     return inference_config(ds)
 
 
