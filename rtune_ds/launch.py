@@ -17,7 +17,8 @@ from rtune_ds.errors import ConfigError
 HOSTFILE_LINE = re.compile(r"(\S+)\s+slots=(\S+)(\s.*)?")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on this host now (the OS picks it), for a launch's rendezvous."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -25,7 +26,7 @@ def _free_port() -> int:
 
 def launcher_command(nproc: int, rtune_args: list[str]) -> list[str]:
     deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    return [deepspeed, "--num_gpus", str(nproc), "--master_port", str(_free_port()),
+    return [deepspeed, "--num_gpus", str(nproc), "--master_port", str(free_port()),
             "--log_level", os.environ.get("RTUNE_LOG_LEVEL", "warning"),
             "--module", "rtune_ds", *rtune_args]
 

@@ -12,7 +12,7 @@ README = PKG.parent / "README.md"
 # lower layers never import higher ones; inside a layer, packages import each other without cycles
 LAYERS = {
     "rtune_ds": 0, "errors": 0, "io": 0, "dist": 0, "resources": 0, "config": 0, "launch": 0,
-    "console": 0, "hardware": 0,
+    "console": 0, "hardware": 0, "files": 0, "report": 0,
     "models": 1, "data": 1, "train": 1, "artifacts": 1, "recycling": 1, "analysis": 1,
     "jobs": 2,
     "recipes": 3,

@@ -3,6 +3,7 @@ a changed file (content, size or mtime) gives a fresh hash."""
 import builtins
 import os
 
+from rtune_ds import files
 from rtune_ds.artifacts import lineage
 
 
@@ -22,7 +23,7 @@ def counting_open(monkeypatch) -> list[str]:
         opened.append(os.path.basename(file))
         return builtins.open(file, *args, **kwargs)
 
-    monkeypatch.setattr(lineage, "open", open_, raising=False)
+    monkeypatch.setattr(files, "open", open_, raising=False)  # where the hashing reads
     return opened
 
 

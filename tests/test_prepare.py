@@ -12,6 +12,7 @@ import subprocess
 import pytest
 
 from rtune_ds.data import prepare as P
+from rtune_ds.errors import ConfigError
 
 LICENSE = ("  1 This software and database is being provided to you, the LICENSEE, by  \n"
            "  2 Princeton University under the following license.  By obtaining, using  \n")
@@ -129,20 +130,20 @@ def test_clean_foldoc_body():
 
 
 def test_missing_files_say_what_was_expected(tmp_path):
-    with pytest.raises(P.PrepareError, match="data.noun.*--wordnet-dir"):
+    with pytest.raises(ConfigError, match="data.noun.*--wordnet-dir"):
         P.read_wordnet_glosses(tmp_path)
-    with pytest.raises(P.PrepareError, match="foldoc.index.*--foldoc-dir"):
+    with pytest.raises(ConfigError, match="foldoc.index.*--foldoc-dir"):
         P.read_foldoc_definitions(tmp_path)
 
 
 def test_missing_apt_get_names_the_local_options(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(P.PrepareError, match="apt-get is not installed.*--wordnet-dir PATH"):
+    with pytest.raises(ConfigError, match="apt-get is not installed.*--wordnet-dir PATH"):
         P.fetch_debian_package("wordnet-base", tmp_path / "cache")
-    with pytest.raises(P.PrepareError, match="--foldoc-dir"):
+    with pytest.raises(ConfigError, match="--foldoc-dir"):
         P.fetch_debian_package("dict-foldoc", tmp_path / "cache")
-    with pytest.raises(P.PrepareError, match="--wordnet-dir"):
+    with pytest.raises(ConfigError, match="--wordnet-dir"):
         P.prepare_corpora(tmp_path / "out", tmp_path / "cache")
     assert not (tmp_path / "out").exists()
     # an already unpacked package is reused without running anything

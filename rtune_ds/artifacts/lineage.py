@@ -1,7 +1,6 @@
 """The lineage record that makes an artifact explain itself, and content fingerprints of models."""
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -9,6 +8,7 @@ import time
 from pathlib import Path
 
 from rtune_ds import __version__
+from rtune_ds.files import sha256_files
 
 _FINGERPRINTS: dict[tuple, str] = {}  # (resolved dir, (name, size, mtime_ns) per file) -> hash
 
@@ -20,13 +20,7 @@ def _hash_files(root: Path, files: list[Path]) -> str:
     key = (str(root.resolve()), tuple((str(file.relative_to(root)), st.st_size, st.st_mtime_ns)
                                       for file, st in zip(files, stats)))
     if key not in _FINGERPRINTS:
-        digest = hashlib.sha256()
-        for file in files:
-            digest.update(str(file.relative_to(root)).encode())
-            with open(file, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
-        _FINGERPRINTS[key] = digest.hexdigest()[:32]
+        _FINGERPRINTS[key] = sha256_files(root, files)[:32]
     return _FINGERPRINTS[key]
 
 

@@ -7,7 +7,6 @@ a cache built by older code is ever reused.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import datasets
 import torch
 
 from rtune_ds.errors import ConfigError
+from rtune_ds.files import cache_root, sha256_files
 from rtune_ds.io import staged_dir
 
 datasets.logging.set_verbosity_error()
@@ -27,20 +27,15 @@ PACKING_RULE_VERSION = 2  # bump when pack() would cut other blocks from the sam
 
 
 def default_cache_root() -> Path:
-    return Path(os.environ.get("RTUNE_CACHE", Path.home() / ".cache" / "rtune_ds")) / "packed"
+    return cache_root() / "packed"
 
 
 def content_hash(path: str | Path) -> str:
     """sha256 of a file, or of every file below a directory (names and bytes)."""
     path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        with open(file, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+    if path.is_dir():
+        return sha256_files(path, sorted(p for p in path.rglob("*") if p.is_file()))
+    return sha256_files(path.parent, [path])
 
 
 def load_texts(path: str | Path, text_field: str) -> datasets.Dataset:

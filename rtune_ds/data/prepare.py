@@ -34,13 +34,14 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
+from rtune_ds.errors import ConfigError
+from rtune_ds.files import cache_root
 from rtune_ds.io import save_jsonl, save_text, staged_dir, staged_file
 
 LEXNAMES = [
@@ -72,14 +73,9 @@ RULES = {
 }
 
 
-class PrepareError(Exception):
-    """A corpus source cannot be fetched or read; the message says what to do instead."""
-
-
 def default_cache_dir() -> Path:
-    """Where fetched packages live: $RTUNE_CACHE/debian, else ~/.cache/rtune_ds/debian."""
-    base = os.environ.get("RTUNE_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "rtune_ds") / "debian"
+    """Where fetched packages live."""
+    return cache_root() / "debian"
 
 
 def _local_hint(name: str) -> str:
@@ -92,14 +88,14 @@ def _local_hint(name: str) -> str:
 def _unpack(deb: Path, root: Path, name: str) -> Path:
     """dpkg-deb -x into a temp dir, then rename: an existing root is always complete."""
     if shutil.which("dpkg-deb") is None:
-        raise PrepareError(f"cannot unpack {deb}: dpkg-deb is not installed; unpack it "
+        raise ConfigError(f"cannot unpack {deb}: dpkg-deb is not installed; unpack it "
                            f"elsewhere (dpkg-deb -x, or `ar x` then tar -x of data.tar.*) and "
                            f"pass {OPTIONS.get(name, '--wordnet-dir / --foldoc-dir')} DIR")
     with staged_dir(root, first_wins=True) as tmp:
         proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], capture_output=True,
                               text=True)
         if proc.returncode != 0:
-            raise PrepareError(f"dpkg-deb -x {deb} failed ({proc.stderr.strip()[-300:]}); "
+            raise ConfigError(f"dpkg-deb -x {deb} failed ({proc.stderr.strip()[-300:]}); "
                                f"{_local_hint(name)}")
     return root
 
@@ -113,7 +109,7 @@ def fetch_debian_package(name: str, cache_dir: Path) -> Path:
         return root
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
-            raise PrepareError(f"cannot fetch Debian package '{name}': {tool} is not installed; "
+            raise ConfigError(f"cannot fetch Debian package '{name}': {tool} is not installed; "
                                f"{_local_hint(name)}")
     cache_dir.mkdir(parents=True, exist_ok=True)
     # A fresh download dir tells which .deb this call fetched (older versions may sit in cache_dir).
@@ -122,7 +118,7 @@ def fetch_debian_package(name: str, cache_dir: Path) -> Path:
                               text=True)
         debs = sorted(Path(dl).glob(f"{name}_*.deb"))
         if proc.returncode != 0 or len(debs) != 1:
-            raise PrepareError(f"`apt-get download {name}` failed "
+            raise ConfigError(f"`apt-get download {name}` failed "
                                f"({(proc.stderr or proc.stdout).strip()[-300:]}); try "
                                f"`apt-get update` first, or {_local_hint(name)}")
         deb = cache_dir / debs[0].name
@@ -136,7 +132,7 @@ def _find(root: Path, filename: str, package: str) -> Path:
         return root
     found = sorted(Path(root).rglob(filename))
     if not found:
-        raise PrepareError(f"no file named {filename} below {root} (expected the unpacked "
+        raise ConfigError(f"no file named {filename} below {root} (expected the unpacked "
                            f"'{package}' package, or {_local_hint(package)})")
     return found[0]
 
@@ -259,7 +255,7 @@ def _source_root(name: str, src: Path | None, cache_dir: Path) -> tuple[Path, Pa
         return root, debs[-1] if debs else root
     src = Path(src).expanduser()
     if not src.exists():
-        raise PrepareError(f"{OPTIONS[name]} {src}: no such file or directory")
+        raise ConfigError(f"{OPTIONS[name]} {src}: no such file or directory")
     if src.is_file() and src.suffix == ".deb":
         root = Path(cache_dir) / "local" / src.stem
         return (root if root.is_dir() else _unpack(src, root, name)), src

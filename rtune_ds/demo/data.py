@@ -6,7 +6,7 @@ import random
 import sys
 from pathlib import Path
 
-from rtune_ds.data.prepare import PrepareError, default_cache_dir, prepare_corpora
+from rtune_ds.data.prepare import default_cache_dir, prepare_corpora
 from rtune_ds.data.tasks import build_tasks
 from rtune_ds.demo.plan import TASKS
 from rtune_ds.errors import ConfigError
@@ -34,10 +34,7 @@ def data_dir(out: Path, data: str | None) -> Path:
         return d
     print(f"rtune demo: preparing the data in {d} (as `rtune data prepare --out {d}`)",
           file=sys.stderr, flush=True)
-    try:
-        prepare_corpora(d, default_cache_dir())
-    except PrepareError as err:
-        raise ConfigError(str(err)) from None
+    prepare_corpora(d, default_cache_dir())
     build_tasks(d, d)
     return d
 

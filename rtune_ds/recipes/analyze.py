@@ -23,12 +23,10 @@ Similarity and distance run on CPU in rank 0's process (other ranks of a launch 
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from rtune_ds import dist
 from rtune_ds.analysis.connectivity import (
@@ -55,7 +53,7 @@ from rtune_ds.models.zero import write_weights
 from rtune_ds.recycling.mapping import full_shapes, mapping_targets
 from rtune_ds.recycling.merge import apply_bundle
 from rtune_ds.train.inference import frozen_engine
-from rtune_ds.train.monitor import Monitor, read_metrics
+from rtune_ds.train.monitor import Monitor, progress_bar, read_metrics
 
 CONTROL_ARGS = ("--control-a", "--control-base-a", "--control-b", "--control-base-b")
 
@@ -190,9 +188,7 @@ def connectivity(cfg: RunConfig, where: str, pairs: list[Pair], points: int,
                                cfg.model.trust_remote_code)
     engine = frozen_engine(model, p.ds_config)
     targets, _ = mapping_targets(engine.module, peft=False)
-    monitor = Monitor(run_dir, 0, len(pairs) * points)
-    if monitor.bar is not None:
-        monitor.bar.set_description("connectivity")
+    monitor = Monitor(run_dir, 0, len(pairs) * points, desc="connectivity")
     result = {"command": command, "task": pairs[0].a.meta["task"], "points": points,
               "lambdas": lams, "world_size": dist.world_size(),
               "zero_stage": p.ds_config["zero_optimization"]["stage"], "pairs": {}}
@@ -247,8 +243,7 @@ def similarity(cfg: RunConfig, where: str, pairs: list[Pair], max_examples: int,
     dev = load_task(cfg.task, tokenizer, cfg.seed, where).splits["dev"]
     n, micro = min(max_examples, len(dev)), cfg.train.micro_batch_size
     batches = [list(range(s, min(s + micro, n))) for s in range(0, n, micro)]
-    bar = tqdm(total=len(pairs) * len(batches), desc="similarity",
-               disable=os.environ.get("RTUNE_NO_PROGRESS") == "1")
+    bar = progress_bar(len(pairs) * len(batches), "similarity")
     result = {"command": command, "task": pairs[0].a.meta["task"], "examples": n,
               "js_max": LN2, "pairs": {}}
     for pair in pairs:

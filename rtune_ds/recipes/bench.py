@@ -7,16 +7,13 @@
 The plain loop is what a user would write without DeepSpeed: AdamW, gradient clipping, the same LR
 schedule, `torch.autocast(bfloat16)` for bf16, DDP when there are several ranks. Timing covers
 whole optimizer steps (batch building included) after `warmup` steps; the median step time gives
-tokens/s. `throughput` repeats each side `repeats` times, interleaved, and reports the medians.
+tokens/s. `throughput` repeats each side `repeats` times, interleaved ABBA, and reports the
+medians.
 """
 from __future__ import annotations
 
 import contextlib
-import json
-import shutil
-import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -27,13 +24,13 @@ from rtune_ds.config.ds_config import read_ds_config
 from rtune_ds.config.schema import RunConfig
 from rtune_ds.data.blend import Blend
 from rtune_ds.errors import ConfigError
-from rtune_ds.io import save_json
-from rtune_ds.jobs.pretraining import build_model, load_inputs, plan
-from rtune_ds.train import engine
-from rtune_ds.train.objectives import lm_loss, make_objective
+from rtune_ds.jobs import benchmark
+from rtune_ds.jobs.pretraining import build_model, plan
+from rtune_ds.train.objectives import lm_loss
 
 
-def _plain_loop(p, model, source: Blend, steps: int, warmup: int) -> list[float]:
+def _plain_loop(p, model, source: Blend) -> list[float]:
+    """Step times of the loop a user would write, over the plan's max_steps."""
     t, s = p.cfg.train, p.schedule
     world, rank = dist.world_size(), dist.rank()
     if world > 1:
@@ -46,7 +43,7 @@ def _plain_loop(p, model, source: Blend, steps: int, warmup: int) -> list[float]
     micro, batch = t.micro_batch_size, t.micro_batch_size * p.grad_accum * world
     times = []
     model.train()
-    for step in range(warmup + steps):
+    for step in range(t.max_steps):
         started = time.perf_counter()
         rows = source.global_batch(step, batch)
         for m in range(p.grad_accum):
@@ -65,22 +62,12 @@ def _plain_loop(p, model, source: Blend, steps: int, warmup: int) -> list[float]
         opt.zero_grad(set_to_none=True)
         loss.item()  # the trainer reads its loss every step too
         times.append(time.perf_counter() - started)
-    return times[warmup:]
+    return times
 
 
-def _trainer_loop(p, model, source: Blend, steps: int, warmup: int, run_dir: Path) -> list[float]:
-    cfg = p.cfg
-    shutil.rmtree(run_dir, ignore_errors=True)
-    spec = engine.LoopSpec(run_dir=run_dir, ds_config=p.ds_config, schedule=p.schedule,
-                           max_steps=warmup + steps, micro_batch=cfg.train.micro_batch_size,
-                           grad_accum=p.grad_accum, tokens_per_sample=cfg.data.seq_len,
-                           log_every=cfg.train.log_every, save_checkpoints=False)
-    return engine.train(model, spec, source, lm_loss).step_times[warmup:]
-
-
-def _hf_trainer_loop(p, model, blocks: torch.Tensor, steps: int, warmup: int,
-                     run_dir: Path) -> list[float]:
-    """HF Trainer + its own DeepSpeed integration, fed the raw DeepSpeed JSON ("auto" and all)."""
+def _hf_trainer_loop(p, model, blocks: torch.Tensor, run_dir: Path) -> list[float]:
+    """HF Trainer + its own DeepSpeed integration, fed the raw DeepSpeed JSON ("auto" and all);
+    the times between step ends (one fewer than steps)."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     class Blocks(torch.utils.data.Dataset):
@@ -99,7 +86,7 @@ def _hf_trainer_loop(p, model, blocks: torch.Tensor, steps: int, warmup: int,
     t, s = p.cfg.train, p.schedule
     raw_ds, _ = read_ds_config(p.cfg.deepspeed)
     args = TrainingArguments(
-        output_dir=str(run_dir), max_steps=warmup + steps,
+        output_dir=str(run_dir), max_steps=t.max_steps,
         per_device_train_batch_size=t.micro_batch_size, gradient_accumulation_steps=p.grad_accum,
         learning_rate=s.peak_lr, weight_decay=t.weight_decay, adam_beta1=t.betas[0],
         adam_beta2=t.betas[1], adam_epsilon=t.eps, max_grad_norm=t.grad_clip,
@@ -111,67 +98,51 @@ def _hf_trainer_loop(p, model, blocks: torch.Tensor, steps: int, warmup: int,
     trainer.train()
     if not trainer.is_deepspeed_enabled:
         raise ConfigError("HF Trainer did not run DeepSpeed here; no fair comparison")
-    return [b - a for a, b in zip(marks[warmup:], marks[warmup + 1:])]
+    return [b - a for a, b in zip(marks, marks[1:])]
 
 
 def _setup(cfg: RunConfig, where: str, steps: int, warmup: int):
-    cfg = replace(cfg, train=replace(cfg.train, max_steps=warmup + steps, eval_every=0,
-                                     save_every=0, stop_after=None))
-    p = plan(cfg, where, resume=None)
-    dist.init()
-    tokenizer, data = load_inputs(p)
-    objective = make_objective(p.objective, tokenizer, cfg.seed, cfg.model.mlm_probability)
-
-    def blend() -> Blend:
-        return Blend(data.names, data.train_blocks, data.phases, p.switch_step, cfg.seed,
-                     collate=objective.batch)
-
-    tokens_per_step = cfg.train.micro_batch_size * p.grad_accum * dist.world_size() * cfg.data.seq_len
-    return p, tokenizer, data, blend, tokens_per_step
+    p = plan(benchmark.timing_config(cfg, steps, warmup), where, resume=None)
+    tokenizer, data, source = benchmark.lm_inputs(p)
+    return p, tokenizer, data, source, benchmark.lm_tokens_per_step(p)
 
 
 def _report(p, name: str, report: dict) -> dict:
-    report = {"model": p.cfg.model.preset or p.cfg.model.path, "precision": p.precision,
-              "zero_stage": p.ds_config["zero_optimization"]["stage"],
-              "world_size": dist.world_size(), "seq_len": p.cfg.data.seq_len, **report}
-    if dist.is_main():
-        save_json(report, Path(p.cfg.run_dir) / "bench" / f"{name}.json")
-        print(json.dumps(report, indent=2))
-    return report
+    return benchmark.publish({**benchmark.header(name, p), "seq_len": p.cfg.data.seq_len, **report},
+                             Path(p.cfg.run_dir) / "bench" / f"{name}.json")
 
 
 def throughput(cfg: RunConfig, where: str, steps: int, warmup: int, repeats: int) -> dict:
-    if dist.world_size() != 1:
-        raise ConfigError("rtune bench throughput runs on 1 rank; launch it without the launcher")
-    torch.set_num_threads(2)
-    p, tokenizer, _, blend, tokens_per_step = _setup(cfg, where, steps, warmup)
-    plain, trainer = [], []
-    for r in range(repeats):
-        times = _plain_loop(p, build_model(p, tokenizer), blend(), steps, warmup)
-        plain.append(tokens_per_step / statistics.median(times))
-        times = _trainer_loop(p, build_model(p, tokenizer), blend(), steps, warmup,
-                              Path(cfg.run_dir) / "bench" / f"trainer_{r}")
-        trainer.append(tokens_per_step / statistics.median(times))
+    benchmark.one_rank("throughput", steps, warmup, repeats)
+    p, tokenizer, _, source, tokens_per_step = _setup(cfg, where, steps, warmup)
+
+    def measure(side: str, r: int) -> float:
+        model = build_model(p, tokenizer)
+        times = (_plain_loop(p, model, source()) if side == "plain" else
+                 benchmark.timed_run(p, model, source(), lm_loss,
+                                     Path(cfg.run_dir) / "bench" / f"trainer_{r}"))
+        return benchmark.rate(tokens_per_step, times, warmup)
+
+    runs = benchmark.interleaved(("plain", "trainer"), repeats, measure)
+    per_s = benchmark.medians(runs)
     return _report(p, "throughput", {
-        "threads": 2, "tokens_per_step": tokens_per_step, "steps": steps, "repeats": repeats,
-        "trainer_tokens_per_s": statistics.median(trainer),
-        "plain_pytorch_tokens_per_s": statistics.median(plain),
-        "ratio": statistics.median(trainer) / statistics.median(plain),
-        "trainer_runs": trainer, "plain_runs": plain})
+        "threads": benchmark.THREADS, "tokens_per_step": tokens_per_step, "steps": steps,
+        "repeats": repeats, "trainer_tokens_per_s": per_s["trainer"],
+        "plain_pytorch_tokens_per_s": per_s["plain"], "ratio": per_s["trainer"] / per_s["plain"],
+        "trainer_runs": runs["trainer"], "plain_runs": runs["plain"]})
 
 
 def compare(cfg: RunConfig, where: str, steps: int, warmup: int) -> dict:
     """One run under the launcher: trainer, HF Trainer, plain DDP, in that order, same settings."""
-    p, tokenizer, data, blend, tokens_per_step = _setup(cfg, where, steps, warmup)
+    p, tokenizer, data, source, tokens_per_step = _setup(cfg, where, steps, warmup)
     bench_dir = Path(cfg.run_dir) / "bench"
-    per_s = {}
-    per_s["trainer"] = tokens_per_step / statistics.median(
-        _trainer_loop(p, build_model(p, tokenizer), blend(), steps, warmup, bench_dir / "trainer"))
-    per_s["hf_trainer"] = tokens_per_step / statistics.median(
-        _hf_trainer_loop(p, build_model(p, tokenizer), torch.cat(data.train_blocks), steps, warmup,
-                         bench_dir / "hf_trainer"))
-    per_s["plain_ddp"] = tokens_per_step / statistics.median(
-        _plain_loop(p, build_model(p, tokenizer), blend(), steps, warmup))
+    times = {
+        "trainer": benchmark.timed_run(p, build_model(p, tokenizer), source(), lm_loss,
+                                       bench_dir / "trainer"),
+        "hf_trainer": _hf_trainer_loop(p, build_model(p, tokenizer), torch.cat(data.train_blocks),
+                                       bench_dir / "hf_trainer"),
+        "plain_ddp": _plain_loop(p, build_model(p, tokenizer), source())}
+    per_s = {k: benchmark.rate(tokens_per_step, v, warmup) for k, v in times.items()}
     return _report(p, "compare", {
         "tokens_per_step": tokens_per_step, "steps": steps,
         **{f"{k}_tokens_per_s": v for k, v in per_s.items()},

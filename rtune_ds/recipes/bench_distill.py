@@ -11,8 +11,7 @@ from pathlib import Path
 
 from rtune_ds.artifacts.bundle import open_old_weights
 from rtune_ds.config.load import load_run_config
-from rtune_ds.errors import ConfigError
-from rtune_ds.io import save_json
+from rtune_ds.jobs import benchmark
 from rtune_ds.launch import launcher_command, run_launch
 
 TARGET = 1.45
@@ -32,9 +31,7 @@ def run(config: str, ds_config: str | None, bundle: str, base: str, nproc: int, 
     method = open_old_weights(bundle, cfg.task.labels or ["?", "?"], config).method
     out_dir = Path(out)
     runs = {"finetune": out_dir / "finetune", "distill": out_dir / "distill"}
-    for run_dir in runs.values():
-        if run_dir.exists():
-            raise ConfigError(f"--out {out}: {run_dir} exists; choose a new --out")
+    benchmark.new_out(out, *runs.values())
     run_launch(launcher_command(nproc, ["finetune", "--config", config, *common,
                                         f"tuning.method={method}",
                                         f"run_dir={runs['finetune']}"]), "bench distill: finetune")
@@ -49,6 +46,4 @@ def run(config: str, ds_config: str | None, bundle: str, base: str, nproc: int, 
               "precision": "bf16" if ds_used.get("bf16", {}).get("enabled") else "fp32",
               **result, "step_time_ratio": ratio, "target_ratio": TARGET,
               "teacher": json.loads((runs["distill"] / "teacher.json").read_text())}
-    save_json(report, out_dir / "bench_distill.json")
-    print(json.dumps(report, indent=2))
-    return report
+    return benchmark.publish(report, out_dir / "bench_distill.json")

@@ -17,9 +17,7 @@ the load a tuning run pays is from_pretrained plus making every weight resident 
 """
 from __future__ import annotations
 
-import json
 import shutil
-import statistics
 import time
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from rtune_ds import dist
 from rtune_ds.artifacts.bundle import open_old_weights, save_bundle
 from rtune_ds.config.schema import PRESETS
 from rtune_ds.errors import ConfigError
-from rtune_ds.io import save_json
+from rtune_ds.jobs import benchmark
 from rtune_ds.jobs.synthetic_library import ONE_RANK_STAGE0, perturbed
 from rtune_ds.models.loader import count_parameters, load_task_model
 from rtune_ds.models.presets import build_preset
@@ -66,9 +64,7 @@ def make_inputs(preset: str, work: Path) -> tuple[Path, Path, Path]:
 
 
 def run(preset: str, repeats: int, out: str) -> dict:
-    if preset not in PRESETS or PRESETS[preset][0] != "llama":
-        raise ConfigError(f"--preset {preset}: one of "
-                          f"{', '.join(k for k, v in PRESETS.items() if v[0] == 'llama')}")
+    benchmark.check_llama_preset(preset)
     if repeats < 1:
         raise ConfigError(f"--repeats {repeats}: must be >= 1")
     dist.init()
@@ -91,20 +87,16 @@ def run(preset: str, repeats: int, out: str) -> dict:
         transplant_s.append(time.perf_counter() - started)
         params, moved = count_parameters(mapped.model), len(mapped.mapping.moves)
         del mapped
-    map_s = [t - lazy for t, lazy in zip(transplant_s, lazy_load_s)]
-    result = {"bench": "mapping", "preset": preset, "parameters": params,
-              "bundle_bytes": sum(f.stat().st_size for f in bundle.rglob("*.safetensors")),
-              "repeats": repeats, "lazy_load_s": lazy_load_s, "load_s": load_s,
-              "transplant_s": transplant_s, "map_s": map_s,
-              "lazy_load_s_median": statistics.median(lazy_load_s),
-              "load_s_median": statistics.median(load_s), "map_s_median": statistics.median(map_s),
-              "ratio_map_to_load": statistics.median(map_s) / statistics.median(load_s),
-              "ratio_transplant_to_load": statistics.median(transplant_s)
-              / statistics.median(load_s),
-              "target_ratio": 1.5, "mapped_tensors": moved,
-              "threads": torch.get_num_threads()}
+    runs = {"lazy_load_s": lazy_load_s, "load_s": load_s, "transplant_s": transplant_s,
+            "map_s": [t - lazy for t, lazy in zip(transplant_s, lazy_load_s)]}
+    median = benchmark.medians(runs)
+    bundle_bytes = sum(f.stat().st_size for f in bundle.rglob("*.safetensors"))
     shutil.rmtree(work, ignore_errors=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_json(result, out_dir / "bench_mapping.json")
-    print(json.dumps(result, indent=2))
-    return result
+    return benchmark.publish({
+        "bench": "mapping", "preset": preset, "parameters": params, "bundle_bytes": bundle_bytes,
+        "repeats": repeats, **runs,
+        **{f"{k}_median": median[k] for k in ("lazy_load_s", "load_s", "map_s")},
+        "ratio_map_to_load": median["map_s"] / median["load_s"],
+        "ratio_transplant_to_load": median["transplant_s"] / median["load_s"],
+        "target_ratio": 1.5, "mapped_tensors": moved, "threads": torch.get_num_threads()},
+        out_dir / "bench_mapping.json")

@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 
 from rtune_ds import dist
-from rtune_ds.config.schema import PRESETS
 from rtune_ds.errors import ConfigError, RunError
-from rtune_ds.io import save_json
+from rtune_ds.jobs import benchmark
 from rtune_ds.jobs.synthetic_library import make_library
 from rtune_ds.launch import launcher_command, run_launch
 
@@ -39,14 +38,11 @@ def timed_launch(nproc: int, args: list[str], what: str) -> float:
 
 def run(preset: str, bundles: int, nproc: int, ds_config: str | None, examples: int,
         max_len: int, out: str, keep_inputs: bool = False) -> dict:
-    if preset not in PRESETS or PRESETS[preset][0] != "llama":
-        raise ConfigError(f"--preset {preset}: one of "
-                          f"{', '.join(k for k, v in PRESETS.items() if v[0] == 'llama')}")
+    benchmark.check_llama_preset(preset)
     if bundles < 1 or examples < 8:
         raise ConfigError(f"--bundles {bundles} / --examples {examples}: need >= 1 and >= 8")
     out_dir = Path(out)
-    if out_dir.exists():
-        raise ConfigError(f"--out {out}: exists; choose a new --out")
+    benchmark.new_out(out, out_dir)
     ds = ["--ds-config", ds_config] if ds_config else []
     dist.init()  # the bundle writer runs on one rank here
     v0, v1, shelf = make_library(preset, bundles, out_dir / "inputs", examples, max_len)
@@ -98,6 +94,4 @@ def run(preset: str, bundles: int, nproc: int, ds_config: str | None, examples: 
               "targets": TARGETS, "same_dev_accuracy_as_separate": True}
     if not keep_inputs:
         shutil.rmtree(out_dir / "inputs")
-    save_json(report, out_dir / "bench_recycle_all.json")
-    print(json.dumps(report, indent=2))
-    return report
+    return benchmark.publish(report, out_dir / "bench_recycle_all.json")

@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from tqdm import tqdm
 
 from rtune_ds import dist
 from rtune_ds.artifacts.run_dir import release_unused_run_dirs, write_run_files
@@ -36,6 +33,8 @@ from rtune_ds.jobs import recycling, tuning
 from rtune_ds.recycling.advice import FEW_SHOT_AT, KEEP_AT, advise
 from rtune_ds.recycling.library import LoadedBase, adapter_type
 from rtune_ds.recycling.mapping import Policy
+from rtune_ds.report import markdown_table
+from rtune_ds.train.monitor import progress_bar
 
 
 @dataclass
@@ -110,8 +109,7 @@ def score_library(entries: list[Entry], inputs: dict, base: str) -> tuple[list[d
     order = sorted(entries, key=lambda e: (e.r.old.task_type, e.r.old.kind, e.r.old.method))
     ds_config = order[0].r.plan.ds_config
     results, stats = {}, {"loads": [], "ds_config_of": order[0].row["bundle"]}
-    bar = tqdm(total=len(order), desc="recycle-all", dynamic_ncols=True,
-               disable=not dist.is_main() or os.environ.get("RTUNE_NO_PROGRESS") == "1")
+    bar = progress_bar(len(order), "recycle-all")
     for group in load_groups(order):
         task_type = group[0].r.old.task_type
         widest = max((len(e.r.old.labels or []) for e in group), default=0)
@@ -255,24 +253,21 @@ def markdown(report: dict) -> str:
              "compat: each bundle applied with no training. 'kept' = the share of its old gain "
              "over the majority baseline that compat keeps (lm tasks: old loss / compat loss); "
              f"keep at >= {report['keep_at']}, else re-tune: init, or init+distill when the task "
-             f"has at most {report['few_shot_at']} train examples per label.", "",
-             "| rank | bundle | decision | kind | old dev | compat dev | compat test | kept | "
-             "majority | evidence |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for i, r in enumerate(report["bundles"], 1):
-        if r["status"] == "refused":
-            lines.append(f"| {i} | {r['bundle']} | refused | | | | | | | {r['reason'][:200]} |")
-            continue
-        lines.append(f"| {i} | {r['bundle']} | {r['decision']} | {r['kind']}/{r['method']} | "
-                     f"{fmt(r['old_dev'])} | {fmt(r['compat_dev'])} | {fmt(r['compat_test'])} | "
-                     f"{fmt(r['kept_gain'])} | {fmt(r['dev_majority_baseline'])} | "
-                     f"{r['evidence']} |")
+             f"has at most {report['few_shot_at']} train examples per label.", ""]
+    lines += markdown_table(
+        ["rank", "bundle", "decision", "kind", "old dev", "compat dev", "compat test", "kept",
+         "majority", "evidence"],
+        ([i, r["bundle"], "refused", *[""] * 6, r["reason"][:200]] if r["status"] == "refused"
+         else [i, r["bundle"], r["decision"], f"{r['kind']}/{r['method']}", fmt(r["old_dev"]),
+               fmt(r["compat_dev"]), fmt(r["compat_test"]), fmt(r["kept_gain"]),
+               fmt(r["dev_majority_baseline"]), r["evidence"]]
+         for i, r in enumerate(report["bundles"], 1)))
     if "tuned" in report:
-        lines += ["", "## Re-tuned (--then tune)", "",
-                  "| bundle | method | old dev | compat dev | recycled dev | steps | status |",
-                  "|---|---|---|---|---|---|---|"]
-        for t in report["tuned"]:
-            lines.append(f"| {t['bundle']} | {t['method']} | {fmt(t['old_dev'])} | "
-                         f"{fmt(t['compat_dev'])} | {fmt(t.get('recycled_dev'))} | "
-                         f"{t.get('steps', '')} | {t['status']}"
-                         f"{': ' + t['reason'][:160] if 'reason' in t else ''} |")
+        lines += ["", "## Re-tuned (--then tune)", ""]
+        lines += markdown_table(
+            ["bundle", "method", "old dev", "compat dev", "recycled dev", "steps", "status"],
+            ([t["bundle"], t["method"], fmt(t["old_dev"]), fmt(t["compat_dev"]),
+              fmt(t.get("recycled_dev")), t.get("steps", ""),
+              t["status"] + (": " + t["reason"][:160] if "reason" in t else "")]
+             for t in report["tuned"]))
     return "\n".join(lines) + "\n"

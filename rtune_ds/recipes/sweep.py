@@ -13,6 +13,7 @@ from rtune_ds.config.load import load_run_config
 from rtune_ds.errors import ConfigError
 from rtune_ds.io import save_json, save_text
 from rtune_ds.launch import launcher_command, run_launch
+from rtune_ds.report import markdown_table
 
 LOSS_TOLERANCE = 1e-3  # absolute, on the final eval loss: ZeRO stages only reorder reductions
 
@@ -33,13 +34,13 @@ def row_of(name: str, run_dir: Path) -> dict:
 
 
 def markdown(rows: list[dict], agree: bool) -> str:
-    lines = ["| config | ranks | ZeRO | precision | tokens/s | step time (s) | peak RSS per rank (MB) "
-             "| final eval loss |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['config']} | {r['world_size']} | {r['zero_stage']} | {r['precision']} "
-                     f"| {r['tokens_per_s']:.0f} | {r['median_step_time_s']:.3f} | "
-                     f"{' / '.join(f'{m:.0f}' for m in r['peak_rss_mb_per_rank'])} | "
-                     f"{r['final_eval_loss']:.5f} |")
+    lines = markdown_table(
+        ["config", "ranks", "ZeRO", "precision", "tokens/s", "step time (s)",
+         "peak RSS per rank (MB)", "final eval loss"],
+        ([r["config"], r["world_size"], r["zero_stage"], r["precision"],
+          f"{r['tokens_per_s']:.0f}", f"{r['median_step_time_s']:.3f}",
+          " / ".join(f"{m:.0f}" for m in r["peak_rss_mb_per_rank"]), f"{r['final_eval_loss']:.5f}"]
+         for r in rows))
     lines.append("")
     lines.append(f"Final eval losses agree within {LOSS_TOLERANCE}: {'yes' if agree else 'NO'}")
     return "\n".join(lines) + "\n"

@@ -1,5 +1,6 @@
 """Run monitoring on rank 0: TensorBoard scalars, metrics.jsonl (their machine-readable twin) and a
-progress bar. Other ranks get a monitor that does nothing."""
+progress bar. Other ranks get a monitor that does nothing. The progress bar is rtune's one bar,
+also shown by the commands that loop without training."""
 from __future__ import annotations
 
 import json
@@ -14,8 +15,16 @@ from rtune_ds import dist
 from rtune_ds.io import append_jsonl, save_text
 
 
+def progress_bar(total: int, desc: str, initial: int = 0) -> tqdm:
+    """Rank 0's bar; RTUNE_NO_PROGRESS=1 turns it off."""
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
+                disable=not dist.is_main() or os.environ.get("RTUNE_NO_PROGRESS") == "1",
+                mininterval=0.1 if sys.stderr.isatty() else 30.0)  # quiet logs
+
+
 class Monitor:
-    def __init__(self, run_dir: Path, start_step: int, total_steps: int, enabled: bool | None = None):
+    def __init__(self, run_dir: Path, start_step: int, total_steps: int, enabled: bool | None = None,
+                 desc: str = "train"):
         self.enabled = dist.is_main() if enabled is None else enabled
         self.writer = self.bar = None
         if not self.enabled:
@@ -29,9 +38,7 @@ class Monitor:
         # purge_step drops events a crashed launch wrote past the checkpoint we resume from
         self.writer = SummaryWriter(str(run_dir / "tensorboard"),
                                     purge_step=start_step + 1 if start_step else None)
-        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True,
-                        disable=os.environ.get("RTUNE_NO_PROGRESS") == "1",
-                        mininterval=0.1 if sys.stderr.isatty() else 30.0)  # quiet logs
+        self.bar = progress_bar(total_steps, desc, initial=start_step)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
