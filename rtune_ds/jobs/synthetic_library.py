@@ -77,7 +77,7 @@ def job_config(v0: Path, task: Path, method: TuningMethod, max_len: int) -> dict
             "task": {"type": "classification", "train": str(task / "train.jsonl"),
                      "dev": str(task / "dev.jsonl"), "test": str(task / "test.jsonl"),
                      "max_len": max_len},
-            "tuning": {"method": method.value},
+            "tuning": {"method": method},
             "train": {"max_steps": 10, "micro_batch_size": 16, "global_batch_size": 32}}
 
 
