@@ -5,17 +5,172 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
+from rtune_ds.analysis.pairs import CONTROL_FLAGS, FLAGS, PAIR_FLAGS, flag
+from rtune_ds.config.schema import RecyclingMethod
 from rtune_ds.console import LOG_LEVELS, console
 from rtune_ds.errors import ConfigError, RunError
+
+
+# ---------------------------------------------------------------- the handlers
+# Each command's parser carries its handler (args, command line); a handler imports its recipe
+# when it runs, so `rtune --help` and a refused command line stay fast.
+
+def _pretrain(args, command: str) -> None:
+    cfg, where = run_config(args)
+    from rtune_ds.recipes import pretrain
+
+    pretrain.run(cfg, where, args.resume, command)
+
+
+def _finetune(args, command: str) -> None:
+    cfg, where = run_config(args, "finetune")
+    from rtune_ds.recipes import finetune
+
+    finetune.run(cfg, where, args.resume, command)
+
+
+def _policy(args, where: str):
+    from rtune_ds.recycling.mapping import Policy, parse_name_map
+
+    return Policy(parse_name_map(args.name_map, where), args.allow_partial)
+
+
+def _recycle(args, command: str) -> None:
+    args.overrides.append(f"model.path={args.base}")
+    cfg, where = run_config(args, "finetune")
+    from rtune_ds.recipes import recycle
+
+    recycle.run(cfg, where, args.resume, command, args.bundle, RecyclingMethod(args.method),
+                _policy(args, where), args.force_same_base, args.old_base)
+
+
+def _overrides(args) -> list[str]:
+    """The dotted overrides, --ds-config one of them."""
+    return [*args.overrides, *([f"deepspeed={args.ds_config}"] if args.ds_config else [])]
+
+
+def _recycle_all(args, command: str) -> None:
+    from rtune_ds.recipes import recycle_all
+
+    recycle_all.recycle_all(args.bundles, args.base, args.config, _overrides(args), args.out,
+                            _policy(args, "command line"), command, args.force_same_base,
+                            args.keep_at, args.few_shot_at, args.then)
+
+
+def _compat_curve(args, command: str) -> None:
+    from rtune_ds.recipes import compat_curve
+
+    compat_curve.compat_curve(args.bundle, args.bases, args.config, _overrides(args),
+                              args.out, _policy(args, "command line"), command)
+
+
+def _analyze(args, command: str) -> None:
+    from rtune_ds.recipes import analyze
+
+    analyze.run(args, command)
+
+
+def _export(args, command: str) -> None:
+    from rtune_ds.recycling.merge import export_merged
+
+    export_merged(args.bundle, args.base, args.out, command,
+                  check_fingerprint=not args.allow_other_base)
+
+
+def _lineage(args, command: str) -> None:
+    from rtune_ds.recipes import lineage
+
+    lineage.run(args.path, args.json)
+
+
+def _prepare_data(args, command: str) -> None:
+    from rtune_ds.recipes import prepare_data
+
+    prepare_data.run(args)
+
+
+def _demo(args, command: str) -> None:
+    if args.run_plan:  # inside the demo's own launch: its jobs are commands of this table
+        from rtune_ds.demo.runner import run_plan
+
+        run_plan(args.run_plan, run)
+        return
+    from rtune_ds.demo import main as demo
+
+    demo.run(args.quick, args.out, args.nproc, args.seeds, args.data, args.ds_config,
+             args.base_dir, command)
+
+
+def _sweep(args, command: str) -> None:
+    from rtune_ds.recipes import sweep
+
+    sweep.run(args.job, args.ds_configs, args.nproc, args.out, args.overrides)
+
+
+def _bench_throughput(args, command: str) -> None:
+    cfg, where = run_config(args)
+    from rtune_ds.recipes import bench
+
+    bench.throughput(cfg, where, args.steps, args.warmup, args.repeats)
+
+
+def _bench_compare(args, command: str) -> None:
+    cfg, where = run_config(args)
+    from rtune_ds.recipes import bench
+
+    bench.compare(cfg, where, args.steps, args.warmup)
+
+
+def _bench_mapping(args, command: str) -> None:
+    from rtune_ds.recipes import bench_mapping
+
+    bench_mapping.run(args.preset, args.repeats, args.out)
+
+
+def _bench_recycle_all(args, command: str) -> None:
+    from rtune_ds.recipes import bench_recycle_all
+
+    bench_recycle_all.run(args.preset, args.bundles, args.nproc, args.ds_config, args.examples,
+                          args.max_len, args.out)
+
+
+def _bench_distill(args, command: str) -> None:
+    from rtune_ds.recipes import bench_distill
+
+    bench_distill.run(args.config, args.ds_config, args.bundle, args.base, args.nproc,
+                      args.steps, args.out, args.overrides)
+
+
+def _bench_padding(args, command: str) -> None:
+    cfg, where = run_config(args, "finetune")
+    from rtune_ds.recipes import bench_padding
+
+    bench_padding.run(cfg, where, args.steps, args.warmup, args.repeats)
+
+
+def _bench_mlm(args, command: str) -> None:
+    cfg, where = run_config(args)
+    from rtune_ds.recipes import bench_mlm
+
+    bench_mlm.run(cfg, where, args.steps, args.warmup, args.repeats)
+
+
+# ---------------------------------------------------------------- the table of commands
+
+def _command(sub, name: str, handler, help: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help)
+    p.set_defaults(handler=handler)
+    return p
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="RunConfig YAML or JSON")
     p.add_argument("--ds-config", help="DeepSpeed JSON (overrides the config's 'deepspeed')")
-    p.add_argument("--resume", help="'auto': continue from the run dir's last complete checkpoint "
-                   "if there is one; 'required': fail if there is none")
+    p.add_argument("--resume", choices=("auto", "required"), help="auto: continue from the "
+                   "run dir's last complete checkpoint if there is one; required: fail if none")
     p.add_argument("overrides", nargs="*", help="dotted overrides: train.lr=3e-4 data.seq_len=64")
 
 
@@ -42,14 +197,23 @@ def _add_recycle_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_pair_args(p: argparse.ArgumentParser) -> None:
-    # --bundle-b: the deepspeed launcher's own parser refuses --b (a prefix of its --bind_* options)
-    for side, example in (("a", "v0"), ("b", "v1")):
-        p.add_argument(f"--{side}", f"--bundle-{side}", dest=side, required=True,
-                       help=f"a bundle (say, tuned on {example})")
-        p.add_argument(f"--base-{side}", required=True, help=f"the base --{side} was tuned on")
-    for side in ("a", "b"):
-        p.add_argument(f"--control-{side}", help="a bundle of the (optional) control pair")
-        p.add_argument(f"--control-base-{side}", help=f"the base --control-{side} was tuned on")
+    for dest, flags in FLAGS.items():
+        if "base_" in dest:
+            what = f"the base {flag(dest.replace('base_', ''))} was tuned on"
+        else:
+            control = " of the (optional) control pair" if dest in CONTROL_FLAGS else ""
+            what = f"a bundle{control}"
+        p.add_argument(*flags, dest=dest, required=dest in PAIR_FLAGS, help=what)
+
+
+TIMING_HELP = {"steps": "timed steps", "warmup": "untimed steps before them",
+               "repeats": "runs of each side (the medians are reported)"}
+
+
+def _add_timing_args(p: argparse.ArgumentParser, **defaults: int) -> None:
+    """The timing flags a benchmark has, with its defaults: --steps, --warmup, --repeats."""
+    for name, default in defaults.items():
+        p.add_argument(f"--{name}", type=int, default=default, help=TIMING_HELP[name])
 
 
 def parser() -> argparse.ArgumentParser:
@@ -58,19 +222,21 @@ def parser() -> argparse.ArgumentParser:
                     help="DeepSpeed's INFO lines and the libraries' warnings and progress bars "
                     "(anywhere on the command line; or RTUNE_LOG_LEVEL=debug|info|warning|error)")
     sub = ap.add_subparsers(dest="command", required=True)
-    _add_run_args(sub.add_parser("pretrain", help="(continual) pretraining of a base model"))
-    _add_run_args(sub.add_parser("finetune", help="tune a base for a task -> adapted-weights bundle"))
-    recycle = sub.add_parser("recycle", help="bring a bundle tuned on an older base to a new one")
+    _add_run_args(_command(sub, "pretrain", _pretrain, "(continual) pretraining of a base model"))
+    _add_run_args(_command(sub, "finetune", _finetune,
+                           "tune a base for a task -> adapted-weights bundle"))
+    recycle = _command(sub, "recycle", _recycle,
+                       "bring a bundle tuned on an older base to a new one")
     _add_run_args(recycle)
     _add_recycle_args(recycle)
-    recycle.add_argument("--method", required=True, help="compat | init | distill | init+distill")
+    recycle.add_argument("--method", required=True, choices=[m.value for m in RecyclingMethod])
     recycle.add_argument("--old-base", help="distill: the base the bundle was tuned on (the "
                          "teacher's; default: the path the bundle records)")
     recycle.add_argument("--bundle", required=True,
                          help="an rtune bundle, or a PEFT adapter directory saved by peft")
-    many = sub.add_parser("recycle-all", help="every bundle in a directory on a new base loaded "
-                          "once: compat, a decision per bundle (keep / init / init+distill), "
-                          "and with --then tune the recommended re-tuning")
+    many = _command(sub, "recycle-all", _recycle_all, "every bundle in a directory on a new base "
+                    "loaded once: compat, a decision per bundle (keep / init / init+distill), "
+                    "and with --then tune the recommended re-tuning")
     many.add_argument("--bundles", required=True, help="a directory of bundle directories")
     many.add_argument("--config", help="task keys for all bundles (default: each bundle's own)")
     many.add_argument("--ds-config", help="DeepSpeed JSON")
@@ -79,59 +245,63 @@ def parser() -> argparse.ArgumentParser:
                       "score keeps this share of its old gain over the majority baseline")
     many.add_argument("--few-shot-at", type=int, default=32, help="a task with at most this many "
                       "train examples per label is few-shot (re-tuned with init+distill)")
-    many.add_argument("--then", choices=["tune"], help="tune: run the recommended recycling of "
+    many.add_argument("--then", choices=("tune",), help="tune: run the recommended recycling of "
                       "every bundle that needs it (a queue that resumes when rerun)")
     _add_recycle_args(many)
     many.add_argument("overrides", nargs="*", help="dotted overrides for every bundle's job")
     analyze = sub.add_parser("analyze", help="analyses of tuned models").add_subparsers(
         dest="analyze_command", required=True)
-    curve = analyze.add_parser("compat", help="compat of one bundle along a series of bases")
+    curve = _command(analyze, "compat", _compat_curve,
+                     "compat of one bundle along a series of bases")
     curve.add_argument("--bundle", required=True, help="an rtune bundle or a PEFT adapter dir")
     curve.add_argument("--bases", nargs="+", required=True, help="base model directories, in order")
     curve.add_argument("--out", default="runs/compat_curve", help="output directory")
     curve.add_argument("--name-map", action="append", default=[], metavar="REGEX=NEW")
     curve.add_argument("--allow-partial", action="store_true")
     _add_task_args(curve, "task keys (default: the bundle's own)", required=False)
-    conn = analyze.add_parser("connectivity", help="dev metrics along the straight line between "
-                              "two tuned models (JSON, PNG, TensorBoard)")
+    conn = _command(analyze, "connectivity", _analyze, "dev metrics along the straight line "
+                    "between two tuned models (JSON, PNG, TensorBoard)")
     _add_pair_args(conn)
     conn.add_argument("--points", type=int, default=26, help="equally spaced λ values in [0, 1]")
     _add_task_args(conn, "task keys as for finetune")
-    sim = analyze.add_parser("similarity", help="JS divergence of every attention head between two "
-                             "tuned models (JSON, heatmap PNG)")
+    sim = _command(analyze, "similarity", _analyze, "JS divergence of every attention head "
+                   "between two tuned models (JSON, heatmap PNG)")
     _add_pair_args(sim)
     sim.add_argument("--max-examples", type=int, default=64, help="dev examples fed to both models")
     _add_task_args(sim, "task keys as for finetune (dev: inputs)", deepspeed=False)
-    dst = analyze.add_parser("distance", help="L2 and cosine between two tuned models' parameters")
+    dst = _command(analyze, "distance", _analyze,
+                   "L2 and cosine between two tuned models' parameters")
     _add_pair_args(dst)
     dst.add_argument("--backbone-only", action="store_true", help="leave the task head out")
     dst.add_argument("--out", default="runs/analysis", help="output directory")
-    conv = analyze.add_parser("convergence", help="steps (tokens, wall time) for runs to reach a "
-                              "fraction of a target metric")
+    conv = _command(analyze, "convergence", _analyze, "steps (tokens, wall time) for runs to "
+                    "reach a fraction of a target metric")
     conv.add_argument("--runs", nargs="+", required=True, help="run directories (metrics.jsonl)")
     conv.add_argument("--metric", default="eval/accuracy", help="a metric the runs logged")
     conv.add_argument("--target", type=float, required=True, help="the target value")
     conv.add_argument("--fraction", type=float, default=0.95, help="reach this fraction of it")
     conv.add_argument("--out", default="runs/analysis", help="output directory")
-    export = sub.add_parser("export", help="bundle + its base -> a plain merged HF model directory")
+    export = _command(sub, "export", _export,
+                      "bundle + its base -> a plain merged HF model directory")
     export.add_argument("--bundle", required=True, help="an adapted-weights bundle directory")
     export.add_argument("--base", required=True, help="the base model directory it was tuned on")
     export.add_argument("--out", required=True, help="output directory (replaced)")
     export.add_argument("--allow-other-base", action="store_true",
                         help="apply even if the base's fingerprint is not the bundle's")
-    lineage = sub.add_parser("lineage", help="the tree of what made an artifact (bases, bundles, "
-                             "data, commands) back to its origin")
+    lineage = _command(sub, "lineage", _lineage, "the tree of what made an artifact (bases, "
+                       "bundles, data, commands) back to its origin")
     lineage.add_argument("path", help="a base, a bundle, or a run dir")
     lineage.add_argument("--json", action="store_true", help="the tree as JSON")
     data = sub.add_parser("data", help="data preparation").add_subparsers(dest="data_command",
                                                                           required=True)
-    prep = data.add_parser("prepare", help="build corpora from Debian's wordnet-base and dict-foldoc")
+    prep = _command(data, "prepare", _prepare_data,
+                    "build corpora from Debian's wordnet-base and dict-foldoc")
     prep.add_argument("--out", default="data", help="output directory")
     prep.add_argument("--cache-dir", help="where .deb packages are fetched and unpacked")
     prep.add_argument("--wordnet-dir", help="local wordnet-base files (dir or .deb) instead of apt")
     prep.add_argument("--foldoc-dir", help="local dict-foldoc files (dir or .deb) instead of apt")
-    demo = sub.add_parser("demo", help="the study on a real pretrained model and real text, then "
-                          "a report (OUT/report.md)")
+    demo = _command(sub, "demo", _demo, "the study on a real pretrained model and real text, then "
+                    "a report (OUT/report.md)")
     demo.add_argument("--quick", action="store_true", help="the smoke-test budget (a few minutes, "
                       "a preset v0 pretrained here)")
     demo.add_argument("--base-dir", help="v0: a local HF encoder or decoder directory (default: "
@@ -143,7 +313,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--data", help="a prepared data dir (default: OUT/data, prepared if missing)")
     demo.add_argument("--ds-config", help="DeepSpeed JSON of every job (default: the budget's)")
     demo.add_argument("--run-plan", help=argparse.SUPPRESS)  # the demo's own launch runs its plan
-    sweep = sub.add_parser("sweep", help="the same job once per DeepSpeed config, then a table")
+    sweep = _command(sub, "sweep", _sweep, "the same job once per DeepSpeed config, then a table")
     sweep.add_argument("--job", required=True, help="RunConfig of a pretraining job")
     sweep.add_argument("--ds-configs", nargs="+", required=True, help="DeepSpeed JSON files")
     sweep.add_argument("--nproc", type=int, default=2, help="ranks per launch")
@@ -151,17 +321,17 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("overrides", nargs="*", help="dotted overrides for every launch")
     bench = sub.add_parser("bench", help="benchmarks that print JSON").add_subparsers(
         dest="bench_command", required=True)
-    tp = bench.add_parser("throughput", help="trainer vs a plain PyTorch loop, tokens/s (1 rank)")
+    tp = _command(bench, "throughput", _bench_throughput,
+                  "trainer vs a plain PyTorch loop, tokens/s (1 rank)")
     _add_run_args(tp)
-    tp.add_argument("--steps", type=int, default=30)
-    tp.add_argument("--warmup", type=int, default=5)
-    tp.add_argument("--repeats", type=int, default=3)
-    bmap = bench.add_parser("mapping", help="time to map a bundle onto a base vs to load the base")
+    _add_timing_args(tp, steps=30, warmup=5, repeats=3)
+    bmap = _command(bench, "mapping", _bench_mapping,
+                    "time to map a bundle onto a base vs to load the base")
     bmap.add_argument("--preset", default="llama-100m", help="the base's shape (random weights)")
-    bmap.add_argument("--repeats", type=int, default=7)
+    _add_timing_args(bmap, repeats=7)
     bmap.add_argument("--out", default="runs/bench_mapping", help="where the JSON is written")
-    brec = bench.add_parser("recycle-all", help="a library of bundles recycled by one "
-                            "recycle-all launch vs one launch per bundle")
+    brec = _command(bench, "recycle-all", _bench_recycle_all, "a library of bundles recycled by "
+                    "one recycle-all launch vs one launch per bundle")
     brec.add_argument("--bundles", type=int, default=32, help="bundles in the library")
     brec.add_argument("--preset", default="llama-30m", help="the base's shape (random weights)")
     brec.add_argument("--nproc", type=int, default=2, help="ranks per launch")
@@ -169,30 +339,29 @@ def parser() -> argparse.ArgumentParser:
     brec.add_argument("--examples", type=int, default=64, help="dev and test examples per task")
     brec.add_argument("--max-len", type=int, default=64, help="task.max_len")
     brec.add_argument("--out", default="runs/bench_recycle_all", help="a new directory")
-    bkd = bench.add_parser("distill", help="step time and memory: distill vs plain fine-tuning")
+    bkd = _command(bench, "distill", _bench_distill,
+                   "step time and memory: distill vs plain fine-tuning")
     bkd.add_argument("--config", required=True, help="RunConfig with the task keys")
     bkd.add_argument("--ds-config", help="DeepSpeed JSON of the student (both runs)")
     bkd.add_argument("--bundle", required=True, help="the old bundle (the teacher's weights)")
     bkd.add_argument("--base", required=True, help="the new base (the student)")
     bkd.add_argument("--nproc", type=int, default=2, help="ranks per launch")
-    bkd.add_argument("--steps", type=int, default=20)
+    _add_timing_args(bkd, steps=20)
     bkd.add_argument("--out", default="runs/bench_distill", help="two run dirs and the JSON")
     bkd.add_argument("overrides", nargs="*", help="dotted overrides for both runs")
-    bpad = bench.add_parser("padding", help="fine-tuning: padding to the split's longest vs per "
-                            "micro-batch in length-grouped batches; real-token fraction, tokens/s")
+    bpad = _command(bench, "padding", _bench_padding, "fine-tuning: padding to the split's "
+                    "longest vs per micro-batch in length-grouped batches; real-token fraction, "
+                    "tokens/s")
     _add_run_args(bpad)
-    bpad.add_argument("--steps", type=int, default=20)
-    bpad.add_argument("--warmup", type=int, default=3)
-    bpad.add_argument("--repeats", type=int, default=3)
-    bmlm = bench.add_parser("mlm", help="MLM training tokens/s: the head on the masked rows "
-                            "only vs the full head (1 rank)")
+    _add_timing_args(bpad, steps=20, warmup=3, repeats=3)
+    bmlm = _command(bench, "mlm", _bench_mlm, "MLM training tokens/s: the head on the masked rows "
+                    "only vs the full head (1 rank)")
     _add_run_args(bmlm)
-    for flag, default in (("--steps", 20), ("--warmup", 3), ("--repeats", 3)):
-        bmlm.add_argument(flag, type=int, default=default)
-    cmp = bench.add_parser("compare", help="trainer vs HF Trainer vs plain DDP (under the launcher)")
+    _add_timing_args(bmlm, steps=20, warmup=3, repeats=3)
+    cmp = _command(bench, "compare", _bench_compare,
+                   "trainer vs HF Trainer vs plain DDP (under the launcher)")
     _add_run_args(cmp)
-    cmp.add_argument("--steps", type=int, default=30)
-    cmp.add_argument("--warmup", type=int, default=5)
+    _add_timing_args(cmp, steps=30, warmup=5)
     return ap
 
 
@@ -202,11 +371,8 @@ def run_config(args, command: str = "pretrain"):
     from rtune_ds.artifacts.run_dir import hold_run_dir
     from rtune_ds.config.load import load_run_config
 
-    overrides = list(args.overrides)
-    if args.ds_config:
-        overrides.append(f"deepspeed={args.ds_config}")
     where = args.config or "command line"
-    cfg = load_run_config(args.config, overrides, command)
+    cfg = load_run_config(args.config, _overrides(args), command)
     hold_run_dir(cfg.run_dir, where)
     return cfg, where
 
@@ -226,13 +392,7 @@ def entry() -> None:
     sys.exit(code)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`rtune ARGS` in this process; 0, or the exit code of the error it printed."""
-    argv = sys.argv[1:] if argv is None else argv
-    # the deepspeed launcher passes --local_rank=N first; LOCAL_RANK in the environment says the same
-    argv = [a for a in argv if not a.startswith("--local_rank")]
-    if "--verbose" in argv:  # a global option, taken after the command too
-        argv = ["--verbose", *[a for a in argv if a != "--verbose"]]
+def parse(argv: list[str]) -> argparse.Namespace:
     ap = parser()
     # dotted overrides may come before options too (`... a.b=1 --method init c=2`)
     args, rest = ap.parse_known_args(argv)
@@ -241,116 +401,31 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unrecognized arguments: {' '.join(stray)}")
     if rest:
         args.overrides = [*args.overrides, *rest]
-    level = "info" if args.verbose else os.environ.get("RTUNE_LOG_LEVEL", "warning").lower()
+    return args
+
+
+def run(argv: list[str]) -> None:
+    """`rtune ARGV` in this process, its errors raised: how the CLI and the demo's job runner run
+    a command."""
+    args = parse(argv)
+    args.handler(args, shlex.join(["rtune", *argv]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`rtune ARGS` in this process; 0, or the exit code of the error it printed."""
+    argv = sys.argv[1:] if argv is None else argv
+    # the deepspeed launcher passes --local_rank=N first; LOCAL_RANK in the environment says the same
+    argv = [a for a in argv if not a.startswith("--local_rank")]
+    level = os.environ.get("RTUNE_LOG_LEVEL", "warning").lower()
+    if "--verbose" in argv:  # a global option, taken after the command too
+        argv, level = ["--verbose", *[a for a in argv if a != "--verbose"]], "info"
     if level not in LOG_LEVELS:
         print(f"rtune: error: RTUNE_LOG_LEVEL={level!r}: one of {', '.join(LOG_LEVELS)}",
               file=sys.stderr)
         return 2
     console(level)
-    if getattr(args, "resume", None) not in (None, "auto", "required"):
-        print(f"rtune: error: --resume must be 'auto' or 'required', got {args.resume!r}",
-              file=sys.stderr)
-        return 2
     try:
-        if args.command == "pretrain":
-            cfg, where = run_config(args)
-            from rtune_ds.recipes import pretrain
-
-            pretrain.run(cfg, where, args.resume, "rtune " + " ".join(argv))
-        elif args.command == "finetune":
-            cfg, where = run_config(args, "finetune")
-            from rtune_ds.recipes import finetune
-
-            finetune.run(cfg, where, args.resume, "rtune " + " ".join(argv))
-        elif args.command == "recycle":
-            args.overrides.append(f"model.path={args.base}")
-            cfg, where = run_config(args, "finetune")
-            from rtune_ds.recipes import recycle
-            from rtune_ds.recycling.mapping import Policy, parse_name_map
-
-            policy = Policy(parse_name_map(args.name_map, where), args.allow_partial)
-            recycle.run(cfg, where, args.resume, "rtune " + " ".join(argv), args.bundle,
-                        args.method, policy, args.force_same_base, args.old_base)
-        elif args.command in ("recycle-all", "analyze") and (args.command == "recycle-all"
-                                                              or args.analyze_command == "compat"):
-            from rtune_ds.recycling.mapping import Policy, parse_name_map
-
-            policy = Policy(parse_name_map(args.name_map, "command line"), args.allow_partial)
-            overrides = [*args.overrides, *([f"deepspeed={args.ds_config}"] if args.ds_config else [])]
-            command = "rtune " + " ".join(argv)
-            if args.command == "recycle-all":
-                from rtune_ds.recipes import recycle_all
-
-                recycle_all.recycle_all(args.bundles, args.base, args.config, overrides, args.out,
-                                        policy, command, args.force_same_base, args.keep_at,
-                                        args.few_shot_at, args.then)
-            else:
-                from rtune_ds.recipes import compat_curve
-
-                compat_curve.compat_curve(args.bundle, args.bases, args.config, overrides,
-                                          args.out, policy, command)
-        elif args.command == "analyze":
-            from rtune_ds.recipes import analyze
-
-            analyze.run(args, "rtune " + " ".join(argv))
-        elif args.command == "export":
-            from rtune_ds.recycling.merge import export_merged
-
-            export_merged(args.bundle, args.base, args.out, "rtune " + " ".join(argv),
-                          check_fingerprint=not args.allow_other_base)
-        elif args.command == "lineage":
-            from rtune_ds.recipes import lineage
-
-            lineage.run(args.path, args.json)
-        elif args.command == "demo" and args.run_plan:  # inside the demo's own launch
-            from rtune_ds.demo.runner import run_plan
-
-            run_plan(args.run_plan)
-        elif args.command == "demo":
-            from rtune_ds.demo import main as demo
-
-            demo.run(args.quick, args.out, args.nproc, args.seeds, args.data, args.ds_config,
-                     args.base_dir, "rtune " + " ".join(argv))
-        elif args.command == "sweep":
-            from rtune_ds.recipes import sweep
-
-            sweep.run(args.job, args.ds_configs, args.nproc, args.out, args.overrides)
-        elif args.command == "data":
-            from rtune_ds.recipes import prepare_data
-
-            prepare_data.run(args)
-        elif args.command == "bench" and args.bench_command == "distill":
-            from rtune_ds.recipes import bench_distill
-
-            bench_distill.run(args.config, args.ds_config, args.bundle, args.base, args.nproc,
-                              args.steps, args.out, args.overrides)
-        elif args.command == "bench" and args.bench_command == "padding":
-            cfg, where = run_config(args, "finetune")
-            from rtune_ds.recipes import bench_padding
-
-            bench_padding.run(cfg, where, args.steps, args.warmup, args.repeats)
-        elif args.command == "bench" and args.bench_command == "mlm":
-            cfg, where = run_config(args)
-            from rtune_ds.recipes import bench_mlm
-
-            bench_mlm.run(cfg, where, args.steps, args.warmup, args.repeats)
-        elif args.command == "bench" and args.bench_command == "recycle-all":
-            from rtune_ds.recipes import bench_recycle_all
-
-            bench_recycle_all.run(args.preset, args.bundles, args.nproc, args.ds_config,
-                                  args.examples, args.max_len, args.out)
-        elif args.command == "bench" and args.bench_command == "mapping":
-            from rtune_ds.recipes import bench_mapping
-
-            bench_mapping.run(args.preset, args.repeats, args.out)
-        elif args.command == "bench":
-            from rtune_ds.recipes import bench
-
-            cfg, where = run_config(args)
-            if args.bench_command == "throughput":
-                bench.throughput(cfg, where, args.steps, args.warmup, args.repeats)
-            else:
-                bench.compare(cfg, where, args.steps, args.warmup)
+        run(argv)
     except (ConfigError, RunError) as err:
         from rtune_ds.artifacts.run_dir import release_unused_run_dirs
 

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import yaml
 from conftest import FIXTURES, tiny_config, write_config
 
 from rtune_ds.config.checks import resolve_batch
@@ -12,6 +13,15 @@ from rtune_ds.config.ds_config import (
     resolve_ds_config,
 )
 from rtune_ds.config.load import load_run_config
+from rtune_ds.config.schema import (
+    Init,
+    Nonfinite,
+    Objective,
+    Precision,
+    Schedule,
+    TaskType,
+    TuningMethod,
+)
 from rtune_ds.errors import ConfigError
 from rtune_ds.hardware import FORCE_NATIVE_BF16, native_bf16
 from rtune_ds.resources import DS_CONFIGS
@@ -44,6 +54,29 @@ def test_bad_values_name_file_and_key(tmp_path, overrides, names):
     with pytest.raises(ConfigError) as err:
         load(tmp_path, tiny_config(tmp_path / "r"), overrides)
     assert names in str(err.value) and "run.yaml" in str(err.value)
+
+
+@pytest.mark.parametrize("key, choices", [
+    ("train.schedule", Schedule), ("train.precision", Precision), ("train.nonfinite", Nonfinite),
+    ("model.objective", Objective), ("model.init", Init), ("task.type", TaskType),
+    ("tuning.method", TuningMethod),
+])
+def test_a_value_that_is_not_a_choice_names_file_and_key_and_lists_the_choices(tmp_path, key,
+                                                                                choices):
+    section, name = key.split(".")
+    path = write_config(tmp_path / "run.yaml", tiny_config(tmp_path / "r", **{section: {name: 16}}))
+    with pytest.raises(ConfigError) as err:
+        load_run_config(str(path), [])
+    assert str(err.value) == f"{path}: key '{key}': one of {', '.join(choices)}, got 16"
+
+
+def test_choices_load_as_enums_and_are_saved_as_the_values_a_file_spells(tmp_path):
+    cfg = load(tmp_path, tiny_config(tmp_path / "r"), ["train.precision=bf16",
+                                                      "train.schedule=constant"])
+    assert (cfg.train.precision, cfg.train.schedule) == (Precision.BF16, Schedule.CONSTANT)
+    assert type(cfg.train.precision) is Precision
+    saved = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))  # safe_dump refuses enum objects
+    assert (saved["train"]["precision"], saved["tuning"]["method"]) == ("bf16", "full")
 
 
 def test_global_batch_must_divide(tmp_path):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from rtune_ds.cli import parser
+from rtune_ds.analysis.pairs import FLAGS
+from rtune_ds.cli import parse
 from rtune_ds.data.tasks import build_task
 from rtune_ds.demo import findings as F
 from rtune_ds.demo import results
@@ -65,15 +66,15 @@ def test_the_plan_names_each_run_once_and_reads_only_what_earlier_jobs_write(tmp
     assert len({j.run_dir for j in jobs}) == len(jobs)
     written = set() if quick else {tmp_path / "v0"}
     for job in jobs:
-        reads = [o.split("=", 1)[1] for o in job.overrides if o.startswith("model.path=")]
-        reads += [job.options[k] for k in ("bundle", "base") if k in job.options]
-        reads += list(job.options.get("pairs", {}).values())
-        assert {Path(r) for r in reads} <= written, job.name
         assert Job(**json.loads(json.dumps(asdict(job)))) == job  # the plan file holds it whole
-        # its command line is one `rtune` runs: the same command, run dir and config
-        args = parser().parse_args(shlex.split(job.command())[1:])
-        assert (args.analyze_command if args.command == "analyze" else args.command) == job.recipe
+        # its command line is one `rtune` runs (the demo's launch runs it as parsed here), with
+        # its run dir and config
+        args = parse(shlex.split(job.command())[1:])
+        assert args.handler is not None
         assert (args.config, args.overrides[0]) == (job.config, f"run_dir={job.run_dir}")
+        reads = [o.split("=", 1)[1] for o in args.overrides if o.startswith("model.path=")]
+        reads += [v for k, v in vars(args).items() if k in ("bundle", "base", *FLAGS) and v]
+        assert {Path(r) for r in reads} <= written, job.name
         written.add(Path(job.run_dir) / "final")
         if job.name == "v1":  # and its exports along the way, which compat reads
             written |= {Path(job.run_dir) / "exports" / f"step-{s}"

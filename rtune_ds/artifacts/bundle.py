@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 
 from rtune_ds import dist
 from rtune_ds.artifacts.lineage import fingerprint
+from rtune_ds.config.schema import TaskType, TuningMethod
 from rtune_ds.errors import ConfigError
 from rtune_ds.io import save_json, staged_dir
 from rtune_ds.models.loader import from_local, task_auto_class, task_model_kwargs
@@ -198,17 +199,19 @@ def open_old_weights(path: str | Path, labels: list[str] | None, where: str) -> 
         raise ConfigError(f"{where}: --bundle {path}: no adapter_model.safetensors (pickled "
                           "adapter_model.bin files are not loaded)")
     peft_config = json.loads(config_file.read_text())
-    task_type = {"SEQ_CLS": "classification", "CAUSAL_LM": "lm"}.get(peft_config.get("task_type"))
+    task_type = {"SEQ_CLS": TaskType.CLASSIFICATION,
+                 "CAUSAL_LM": TaskType.LM}.get(peft_config.get("task_type"))
     method = str(peft_config.get("peft_type", "")).lower()
-    if task_type is None or method not in ("lora", "ia3"):
+    if task_type is None or method not in (TuningMethod.LORA, TuningMethod.IA3):
         raise ConfigError(f"{config_file}: a {peft_config.get('peft_type')} adapter for task_type "
                           f"{peft_config.get('task_type')}; rtune recycles LORA and IA3 adapters "
                           "for SEQ_CLS and CAUSAL_LM")
-    if task_type == "classification" and not labels:
+    classifier = task_type == TaskType.CLASSIFICATION
+    if classifier and not labels:
         raise ConfigError(f"{where}: key 'task.labels': a plain PEFT classifier carries no label "
                           "names; give task.labels or a task.train file with the labels")
-    old = OldWeights(path, "peft", method, task_type, labels if task_type == "classification"
-                     else None, {"path": peft_config.get("base_model_name_or_path"),
-                                 "fingerprint": None, "model_type": None}, {}, {})
+    old = OldWeights(path, "peft", method, task_type, labels if classifier else None,
+                     {"path": peft_config.get("base_model_name_or_path"), "fingerprint": None,
+                      "model_type": None}, {}, {})
     _add_sources(old, path / "adapter_model.safetensors", "set")
     return old

@@ -1,22 +1,12 @@
-"""Checks of a RunConfig that need no model and no data: keys, ranges, paths that must exist."""
+"""Checks of a RunConfig that need no model and no data: keys, ranges, paths that must exist (the
+enum choices are checked as the loader reads them)."""
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
 
-from rtune_ds.config.schema import (
-    INITS,
-    NONFINITE_POLICIES,
-    OBJECTIVES,
-    PRECISIONS,
-    PRESETS,
-    SCHEDULES,
-    TASK_TYPES,
-    TUNING_METHODS,
-    RunConfig,
-    Source,
-)
+from rtune_ds.config.schema import PRESETS, Init, RunConfig, Schedule, Source, TaskType
 from rtune_ds.errors import ConfigError
 
 
@@ -62,8 +52,6 @@ def validate(cfg: RunConfig, where: str, command: str = "pretrain") -> None:
     if m.preset is not None:
         _require(m.preset in PRESETS, where, "model.preset",
                  f"unknown preset '{m.preset}' (known: {', '.join(PRESETS)})")
-    if m.objective is not None:
-        _require(m.objective in OBJECTIVES, where, "model.objective", f"one of {OBJECTIVES}")
     if m.tokenizer is not None:
         _require(Path(m.tokenizer).is_dir(), where, "model.tokenizer",
                  f"tokenizer directory not found: {m.tokenizer}")
@@ -77,8 +65,7 @@ def validate(cfg: RunConfig, where: str, command: str = "pretrain") -> None:
     if m.head_warmup_lr is not None:
         _require(m.head_warmup_lr > 0, where, "model.head_warmup_lr",
                  f"must be > 0, got {m.head_warmup_lr}")
-    _require(m.init in INITS, where, "model.init", f"one of {INITS}, got '{m.init}'")
-    if m.init == "random":
+    if m.init == Init.RANDOM:
         _require(command == "pretrain" and m.path is not None, where, "model.init",
                  "'random' draws model.path's architecture afresh in `rtune pretrain` (a preset "
                  "is random already)")
@@ -106,7 +93,7 @@ def validate_data(cfg: RunConfig, where: str) -> None:
         check_source_paths(d.switch.train, "data.switch.train", where)
         _require(d.switch.at_step is None or d.switch.lr_fraction is None, where,
                  "data.switch.at_step", "set only one of data.switch.at_step and lr_fraction")
-        _require(t.schedule == "recipe" or d.switch.at_step is not None
+        _require(t.schedule == Schedule.RECIPE or d.switch.at_step is not None
                  or d.switch.lr_fraction is not None, where, "data.switch.at_step",
                  "set data.switch.at_step or data.switch.lr_fraction (only the recipe "
                  "schedule has a default: lr_fraction 0.2)")
@@ -117,7 +104,6 @@ def validate_data(cfg: RunConfig, where: str) -> None:
 
 def validate_task(cfg: RunConfig, where: str) -> None:
     k, u = cfg.task, cfg.tuning
-    _require(k.type in TASK_TYPES, where, "task.type", f"one of {TASK_TYPES}, got {k.type!r}")
     _require(k.train is not None, where, "task.train", "is required (a jsonl/csv/parquet file)")
     _require(k.dev is not None, where, "task.dev", "is required (a jsonl/csv/parquet file)")
     for key in ("train", "dev", "test"):
@@ -129,12 +115,10 @@ def validate_task(cfg: RunConfig, where: str) -> None:
                  "task.labels", "needs at least two distinct labels")
     if k.few_shot is not None:
         _require(k.few_shot > 0, where, "task.few_shot", "must be > 0 (examples per class)")
-        _require(k.type == "classification", where, "task.few_shot",
+        _require(k.type == TaskType.CLASSIFICATION, where, "task.few_shot",
                  "few-shot sampling needs classes (task.type classification)")
     _require(k.max_len >= 4, where, "task.max_len", f"must be >= 4, got {k.max_len}")
     _require(k.max_new_tokens > 0, where, "task.max_new_tokens", "must be > 0")
-    _require(u.method in TUNING_METHODS, where, "tuning.method",
-             f"one of {TUNING_METHODS}, got {u.method!r}")
     _require(u.lora.r > 0 and u.lora.alpha > 0, where, "tuning.lora.r", "r and alpha must be > 0")
     _require(0 <= u.lora.dropout < 1, where, "tuning.lora.dropout", "must be in [0, 1)")
     if u.ia3.feedforward_modules is not None:
@@ -161,8 +145,7 @@ def validate_train(cfg: RunConfig, where: str, command: str = "pretrain") -> Non
     _require(t.max_steps > 0, where, "train.max_steps", "must be > 0")
     _require(t.micro_batch_size > 0, where, "train.micro_batch_size", "must be > 0")
     _require(t.grad_accum > 0, where, "train.grad_accum", "must be > 0")
-    _require(t.schedule in SCHEDULES, where, "train.schedule", f"one of {SCHEDULES}")
-    if t.schedule != "recipe":
+    if t.schedule != Schedule.RECIPE:
         _require(t.lr is not None and t.lr > 0, where, "train.lr", "must be > 0")
     _require(0 <= t.min_lr_ratio <= 1, where, "train.min_lr_ratio", "must be in [0, 1]")
     _require(0 <= t.warmup_steps < t.max_steps, where, "train.warmup_steps",
@@ -172,9 +155,6 @@ def validate_train(cfg: RunConfig, where: str, command: str = "pretrain") -> Non
              "train.eval_every", "eval_every/save_every >= 0 and log_every > 0")
     if t.stop_after is not None:
         _require(t.stop_after > 0, where, "train.stop_after", "must be > 0")
-    _require(t.precision in PRECISIONS, where, "train.precision", f"one of {PRECISIONS}")
-    _require(t.nonfinite in NONFINITE_POLICIES, where, "train.nonfinite",
-             f"one of {NONFINITE_POLICIES}, got {t.nonfinite!r}")
     if t.patience is not None:
         _require(command == "finetune", where, "train.patience",
                  "early stopping watches the best dev metric (task.best_metric) of fine-tuning "

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rtune_ds.config.load import read_mapping
-from rtune_ds.config.schema import RunConfig
+from rtune_ds.config.schema import Precision, RunConfig
 from rtune_ds.errors import ConfigError
 from rtune_ds.hardware import native_bf16
 from rtune_ds.resources import DS_CONFIGS
@@ -76,16 +76,17 @@ def reduce_bucket_size(hidden_size: int) -> int:
     return hidden_size * hidden_size
 
 
-def choose_precision(requested: str, ds_bf16, native: Callable[[], tuple[bool, str]]
-                     ) -> tuple[str, str]:
+def choose_precision(requested: Precision, ds_bf16, native: Callable[[], tuple[bool, str]]
+                     ) -> tuple[Precision, str]:
     """(precision, why): train.precision when it names one; under `auto`, a literal bf16.enabled
     of the DeepSpeed JSON, else what the hardware runs natively (`native()`: (bool, reason))."""
-    if requested != "auto":
-        return requested, f"train.precision: {requested}"
+    if requested != Precision.AUTO:
+        return Precision(requested), f"train.precision: {requested}"
     if isinstance(ds_bf16, bool):
-        return ("bf16" if ds_bf16 else "fp32"), f"the DeepSpeed JSON's bf16.enabled: {ds_bf16}"
+        return (Precision.BF16 if ds_bf16 else Precision.FP32,
+                f"the DeepSpeed JSON's bf16.enabled: {ds_bf16}")
     is_native, why = native()
-    return ("bf16" if is_native else "fp32"), f"auto: {why}"
+    return Precision.BF16 if is_native else Precision.FP32, f"auto: {why}"
 
 
 def resolve_ds_config(ds_in: dict, where: str, cfg: RunConfig, world_size: int, grad_accum: int,

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import types
 import typing
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,12 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
         return [_convert(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
     if tp is Source and isinstance(value, str):
         return Source(path=value)
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise ConfigError(f"{where}: key '{key}': one of {', '.join(tp)}, "
+                              f"got {value!r}") from None
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: key '{key}': expected a mapping, got {value!r}")

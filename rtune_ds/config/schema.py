@@ -1,8 +1,56 @@
-"""The RunConfig schema: one dataclass per section, and the choices each enum key takes."""
+"""The RunConfig schema: one dataclass per section, and one enum per key with a fixed set of
+choices (their values are what YAML, JSON and the command line spell)."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+
+
+class Schedule(StrEnum):
+    COSINE = "cosine"
+    RECIPE = "recipe"
+    CONSTANT = "constant"
+
+
+class Objective(StrEnum):
+    CLM = "clm"
+    MLM = "mlm"
+
+
+class Init(StrEnum):
+    PRETRAINED = "pretrained"
+    RANDOM = "random"
+
+
+class Precision(StrEnum):
+    FP32 = "fp32"
+    BF16 = "bf16"
+    AUTO = "auto"  # bf16 only where the hardware runs it natively (rtune_ds/hardware.py)
+
+
+class Nonfinite(StrEnum):
+    SKIP = "skip"
+    STOP = "stop"
+
+
+class TaskType(StrEnum):
+    CLASSIFICATION = "classification"
+    LM = "lm"
+
+
+class TuningMethod(StrEnum):
+    FULL = "full"
+    LORA = "lora"
+    IA3 = "ia3"
+
+
+class RecyclingMethod(StrEnum):
+    """`rtune recycle --method`: see recipes/recycle.py."""
+    COMPAT = "compat"
+    INIT = "init"
+    DISTILL = "distill"
+    INIT_DISTILL = "init+distill"
 
 
 @dataclass
@@ -26,12 +74,12 @@ class SwitchConfig:
 class ModelConfig:
     preset: str | None = None
     path: str | None = None
-    objective: str | None = None  # clm | mlm; None: the preset's, or inferred from the HF config
+    objective: Objective | None = None  # None: the preset's, or inferred from the HF config
     tokenizer: str | None = None  # a tokenizer dir; None: the model dir's, or trained on data.train
     mlm_probability: float = 0.15
     trust_remote_code: bool = False
     architecture: str | None = None  # the HF model_type model.path must have (llama, roberta, ...)
-    init: str = "pretrained"  # pretrained | random: model.path's architecture, weights from the seed
+    init: Init = Init.PRETRAINED  # random: model.path's architecture, weights from the seed
     # pretrain: steps that train only a head the checkpoint lacks (e.g. BERT's MLM head), the
     # rest frozen, before the schedule; None: 10% of train.max_steps (1..100) if one is missing
     head_warmup_steps: int | None = None
@@ -56,7 +104,7 @@ class TrainConfig:
     grad_accum: int = 1
     global_batch_size: int | None = None  # if set, grad_accum is derived from it
     lr: float | None = 1e-3  # peak LR; for schedule=recipe, None means "the parent's min LR"
-    schedule: str = "cosine"  # cosine | recipe | constant
+    schedule: Schedule = Schedule.COSINE
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of the peak
     weight_decay: float = 0.01
@@ -70,8 +118,8 @@ class TrainConfig:
     log_every: int = 1
     # fp32 | bf16 | auto: a literal bf16.enabled of the DeepSpeed JSON, else bf16 only where the
     # hardware computes it natively (rtune_ds/hardware.py)
-    precision: str = "auto"
-    nonfinite: str = "stop"  # on a NaN/Inf loss: stop (exit 3, nothing saved) | skip the update
+    precision: Precision = Precision.AUTO
+    nonfinite: Nonfinite = Nonfinite.STOP  # NaN/Inf loss: stop (exit 3, nothing saved) | skip the update
     patience: int | None = None  # end after this many evals without a better best metric
     # pretrain: write an HF export to run_dir/exports/step-<N>/ at N = round(f * max_steps)
     export_fractions: list[float] = field(default_factory=list)
@@ -81,7 +129,7 @@ class TrainConfig:
 class TaskConfig:
     """A fine-tuning task: local jsonl/csv/parquet files with text,label or prompt,completion."""
 
-    type: str = "classification"  # classification | lm
+    type: TaskType = TaskType.CLASSIFICATION
     train: str | None = None
     dev: str | None = None
     test: str | None = None
@@ -112,7 +160,7 @@ class IA3Settings:
 
 @dataclass
 class TuningConfig:
-    method: str = "full"  # full | lora | ia3
+    method: TuningMethod = TuningMethod.FULL
     lora: LoraSettings = field(default_factory=LoraSettings)
     ia3: IA3Settings = field(default_factory=IA3Settings)
 
@@ -142,28 +190,11 @@ class RunConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)  # recycle distill methods only
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain data (enum choices as their values), as a YAML or JSON file spells it."""
+        return dataclasses.asdict(self, dict_factory=lambda items: {
+            k: v.value if isinstance(v, Enum) else v for k, v in items})
 
 
-SCHEDULES = ("cosine", "recipe", "constant")
-
-
-OBJECTIVES = ("clm", "mlm")
-
-
-INITS = ("pretrained", "random")
-
-
-PRECISIONS = ("fp32", "bf16", "auto")
-
-
-NONFINITE_POLICIES = ("skip", "stop")
-
-
-TASK_TYPES = ("classification", "lm")
-
-
-TUNING_METHODS = ("full", "lora", "ia3")
 # model.preset: name -> (family, vocab, hidden, layers, heads, intermediate)
 PRESETS = {
     "llama-1m": ("llama", 4096, 128, 2, 4, 512),

@@ -1,7 +1,7 @@
 """The demo's plan: its budget, the RunConfigs it writes to OUT/configs, and every job in order.
-A job is data (a recipe, a RunConfig file, dotted overrides, the recipe's other inputs), so the
-plan can be written to a file, run inside a launch, and shown as the `rtune` command line that
-reruns any job on its own.
+A job is data: an `rtune` command line (the command and its options, a RunConfig file, dotted
+overrides), so the plan can be written to a file, run inside a launch through the CLI's table of
+commands, and shown as the command line that reruns any job on its own.
 
 The jobs come in two stages: the first makes the bases (v0 when it is pretrained here, v1, rand)
 and runs the vanilla LR grid; the second, planned once the grid has chosen an LR per data regime,
@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from rtune_ds.analysis.pairs import pair_args
+from rtune_ds.config.schema import RecyclingMethod, TuningMethod
 from rtune_ds.errors import ConfigError
 from rtune_ds.io import save_yaml
 from rtune_ds.resources import DEMO_BUDGETS, DS_CONFIGS
@@ -22,13 +24,11 @@ TASKS = {"supersense": "general", "foldoc_category": "computing"}  # task -> its
 OLD_TASK = "supersense"  # v0's own domain
 NEW_TASK = "foldoc_category"  # the domain v1 is continually pretrained on; recycling happens here
 REGIMES = ("full", "few")  # full data (a sampled train set) and few-shot (K per class)
-METHODS = ("vanilla", "init", "distill", "init+distill")
-COMPAT_TUNINGS = ("full", "lora")  # the v0 bundles scored on v1 with no training
+# the arms: plain tuning of v1, and every recycling method that tunes
+METHODS = ("vanilla", *(m for m in RecyclingMethod if m != RecyclingMethod.COMPAT))
+COMPAT_TUNINGS = (TuningMethod.FULL, TuningMethod.LORA)  # the v0 bundles scored on v1 untrained
 METRIC = "eval/accuracy"
 PLAN, SECONDS = "plan.json", "seconds.json"  # in OUT: the jobs of a launch, every job's seconds
-PAIR_FLAGS = {"a": "--bundle-a", "base_a": "--base-a", "b": "--bundle-b", "base_b": "--base-b",
-              "control_a": "--control-a", "control_base_a": "--control-base-a",
-              "control_b": "--control-b", "control_base_b": "--control-base-b"}
 
 
 # ---------------------------------------------------------------- the budget
@@ -88,7 +88,7 @@ def compat(tuning: str, point: float) -> dict:
     """The v0 bundle of `tuning` scored with no training on v1 at `point` of its continual
     pretraining (0: v0 itself, 1: v1's final weights)."""
     return {"kind": "recycle", "task": NEW_TASK, "base": "v1", "tuning": tuning,
-            "regime": "full", "seed": 1, "method": "compat", "point": point}
+            "regime": "full", "seed": 1, "method": RecyclingMethod.COMPAT, "point": point}
 
 
 def grid(regime: str, lr: float, chosen: bool) -> dict:
@@ -110,7 +110,7 @@ def run_name(info: dict) -> str:
     recycle-<method>-<regime>-s<seed>."""
     if "lr" in info:
         return f"grid-{info['regime']}-lr{info['lr']:g}"
-    if info["method"] == "compat":
+    if info["method"] == RecyclingMethod.COMPAT:
         return f"compat-{info['tuning']}-{round(100 * info['point'])}"
     seed = f"-s{info['seed']}"
     if info["kind"] == "finetune" and info["method"] != "vanilla":
@@ -206,45 +206,26 @@ def write_configs(b: dict, data: Path, out: Path, ds: str, base_dir: str | None)
 
 @dataclass
 class Job:
-    """One step: `recipe` run into `run_dir` (OUT/runs/<name>), done when `done` exists there.
-    `config`, `overrides` and the run dir make its RunConfig; `options` are the recipe's other
-    inputs (recycle: method, bundle, base; the analyses: the pairs and their size); `info` is
-    what the report groups by."""
+    """One step: the `rtune` command `args` (its options) run into `run_dir` (OUT/runs/<name>)
+    with the RunConfig `config` and the dotted `overrides`; done when `done` exists there. `info`
+    is what the report groups by."""
     name: str
-    recipe: str  # pretrain | finetune | recycle | connectivity | similarity
+    args: list[str]  # e.g. ["recycle", "--method", "init", "--bundle", ...]
     run_dir: str
     config: str
     overrides: list[str]
     done: str
-    options: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
 
     def is_done(self) -> bool:
         return (Path(self.run_dir) / self.done).is_file()
 
-    def run_overrides(self) -> list[str]:
-        """The dotted overrides on top of `config`: the job's own and its run dir."""
-        return [f"run_dir={self.run_dir}", *self.overrides]
+    def argv(self) -> list[str]:
+        return [*self.args, "--config", self.config, f"run_dir={self.run_dir}", *self.overrides]
 
     def command(self) -> str:
         """The `rtune` command line that runs this job on its own (its lineage records it)."""
-        o = self.options
-        if self.recipe == "recycle":
-            head = ["recycle", "--method", o["method"], "--bundle", o["bundle"], "--base",
-                    o["base"], "--resume", "auto",
-                    *(["--force-same-base"] if o.get("same_base") else [])]
-        elif self.recipe == "connectivity":
-            head = ["analyze", "connectivity", *pair_args(o["pairs"]), "--points", str(o["points"])]
-        elif self.recipe == "similarity":
-            head = ["analyze", "similarity", *pair_args(o["pairs"]),
-                    "--max-examples", str(o["max_examples"])]
-        else:
-            head = [self.recipe, "--resume", "auto"]
-        return shlex.join(["rtune", *head, "--config", self.config, *self.run_overrides()])
-
-
-def pair_args(pairs: dict) -> list[str]:
-    return [arg for key, flag in PAIR_FLAGS.items() for arg in (flag, pairs[key])]
+        return shlex.join(["rtune", *self.argv()])
 
 
 class Planner:
@@ -266,8 +247,9 @@ class Planner:
         return few + [f"train.{k}={v}" for k, v in keys.items()]
 
     def tune(self, info: dict, lr: float) -> Job:
-        name, lora = run_name(info), info["tuning"] == "lora"
-        return Job(name, "finetune", str(self.runs / name), self.config(info["task"]),
+        name, lora = run_name(info), info["tuning"] == TuningMethod.LORA
+        return Job(name, ["finetune", "--resume", "auto"], str(self.runs / name),
+                   self.config(info["task"]),
                    [f"model.path={self.base[info['base']]}", f"seed={info['seed']}",
                     *(["tuning.method=lora"] if lora else []), *self.regime(info["regime"]),
                     f"train.lr={lr}"], "summary.json", info=info)
@@ -278,18 +260,19 @@ class Planner:
         if lr is not None:
             overrides.append(f"train.lr={lr}")
         # compat at 0% of v1's run scores the v0 bundle on v0 itself: the curve's starting point
-        same_base = info["method"] == "compat" and info["point"] == 0.0
-        return Job(name, "recycle", str(self.runs / name), self.config(NEW_TASK), overrides,
-                   "compat.json" if info["method"] == "compat" else "summary.json",
-                   {"method": info["method"], "bundle": bundle, "base": base,
-                    "same_base": same_base}, info)
+        same_base = info["method"] == RecyclingMethod.COMPAT and info["point"] == 0.0
+        args = ["recycle", "--method", info["method"], "--bundle", bundle, "--base", base,
+                "--resume", "auto", *(["--force-same-base"] if same_base else [])]
+        return Job(name, args, str(self.runs / name), self.config(NEW_TASK), overrides,
+                   "compat.json" if info["method"] == RecyclingMethod.COMPAT else "summary.json",
+                   info)
 
     def stage_one(self, lrs: dict[str, float] | None = None) -> list[Job]:
         """The bases, then the vanilla LR grid on v1 (seed 1, both regimes); with `lrs` (the
         grid's choice per regime), the chosen grid runs are vanilla's seed-1 runs."""
         names = (["v0"] if pretrains_v0(self.b, self.base_dir) else []) + ["v1", "rand"]
-        jobs = [Job(v, "pretrain", str(self.runs / v), self.config(v), [], "final/config.json",
-                    info={"kind": "pretrain"}) for v in names]
+        jobs = [Job(v, ["pretrain", "--resume", "auto"], str(self.runs / v), self.config(v), [],
+                    "final/config.json", {"kind": "pretrain"}) for v in names]
         for regime in REGIMES:
             for lr in self.b["tune"]["lr_grid"]:
                 info = grid(regime, lr, lrs is not None and lrs[regime] == lr)
@@ -330,8 +313,9 @@ class Planner:
                  "control_b": self.final(tuned(NEW_TASK, "rand")),
                  "control_base_b": self.base["rand"]}
         a = b["analysis"]
-        for recipe, size in (("connectivity", {"points": a["points"]}),
-                             ("similarity", {"max_examples": a["similarity_examples"]})):
-            jobs.append(Job(recipe, recipe, str(self.runs / recipe), self.config(NEW_TASK), [],
-                            f"{recipe}.json", {"pairs": pairs, **size}, {"kind": "analysis"}))
+        for analysis, size in (("connectivity", ["--points", str(a["points"])]),
+                               ("similarity", ["--max-examples", str(a["similarity_examples"])])):
+            jobs.append(Job(analysis, ["analyze", analysis, *pair_args(pairs), *size],
+                            str(self.runs / analysis), self.config(NEW_TASK), [],
+                            f"{analysis}.json", {"kind": "analysis"}))
         return jobs

@@ -16,7 +16,7 @@ from rtune_ds.artifacts.checkpoint import needs_universal, resume_tag_of
 from rtune_ds.artifacts.run_dir import hold_run_dir
 from rtune_ds.config.checks import resolve_batch
 from rtune_ds.config.ds_config import read_ds_config, resolve_ds_config
-from rtune_ds.config.schema import RunConfig
+from rtune_ds.config.schema import Init, RunConfig
 from rtune_ds.data.corpus import default_cache_root
 from rtune_ds.data.lm_data import build_lm_data
 from rtune_ds.data.tokenizer import resolve_tokenizer, tokenizer_hash
@@ -85,7 +85,7 @@ def plan(cfg: RunConfig, where: str, resume: str | None) -> Plan:
     # a random init takes nothing from model.path's weights: no head to warm, no tensor to carry
     parent = (compare_with_parent(meta_base_model(m.path, objective, m.trust_remote_code),
                                   checkpoint_files(m.path, where))
-              if m.path and m.init == "pretrained" else None)
+              if m.path and m.init == Init.PRETRAINED else None)
     head_warmup_steps = head_warmup_steps_of(cfg, parent, where)
     schedule = make_schedule(cfg, where)
     ds_config, precision, precision_why = resolve_ds_config(ds_in, ds_where, cfg, world,

@@ -11,7 +11,7 @@ from rtune_ds.artifacts.bundle import OldWeights, open_old_weights
 from rtune_ds.artifacts.lineage import bundle_fingerprint, fingerprint
 from rtune_ds.artifacts.run_dir import write_run_files
 from rtune_ds.config.load import read_mapping, run_config_from
-from rtune_ds.config.schema import RunConfig
+from rtune_ds.config.schema import RecyclingMethod, RunConfig, TaskType
 from rtune_ds.data.examples import column, load_table
 from rtune_ds.data.tokenizer import load_tokenizer, tokenizer_hash
 from rtune_ds.errors import ConfigError
@@ -26,8 +26,6 @@ from rtune_ds.train.distill import Distiller
 from rtune_ds.train.inference import frozen_engine
 from rtune_ds.train.monitor import Monitor
 
-METHODS = ("compat", "init", "distill", "init+distill")
-
 
 @dataclass
 class Teacher:
@@ -37,7 +35,7 @@ class Teacher:
 
 @dataclass
 class Recycling:
-    method: str
+    method: RecyclingMethod
     old: OldWeights
     mapping: Mapping | None  # None for distill (the student does not start from the bundle)
     plan: tuning.Plan
@@ -47,7 +45,7 @@ class Recycling:
 def task_labels(cfg: RunConfig, where: str) -> list[str] | None:
     """The label names of the run's task data (task.labels, else the sorted train labels)."""
     k = cfg.task
-    if k.type != "classification":
+    if k.type != TaskType.CLASSIFICATION:
         return None
     if k.labels:
         return list(k.labels)
@@ -155,20 +153,21 @@ def bundle_job_config(bundle: Path, config: str | None, overrides: list[str], ru
     return run_config_from(data, overrides, where, "finetune"), where
 
 
-def prepare(cfg: RunConfig, where: str, resume: str | None, bundle: str, method: str,
-            policy: Policy, force_same_base: bool, old_base: str | None = None) -> Recycling:
+def prepare(cfg: RunConfig, where: str, resume: str | None, bundle: str,
+            method: RecyclingMethod, policy: Policy, force_same_base: bool,
+            old_base: str | None = None) -> Recycling:
     """Step 1: everything that needs no compute."""
-    if method not in METHODS:
-        raise ConfigError(f"{where}: --method '{method}': one of {', '.join(METHODS)}")
     old = open_old_weights(bundle, task_labels(cfg, where), where)
     adopt_bundle(cfg, old, where)
     p = tuning.plan(cfg, where, resume)
     check_new_base(old, cfg.model.path, force_same_base, where)
     mapping = None
-    if method != "distill":  # distill's student starts fresh; only its teacher holds the bundle
+    # distill's student starts fresh; only its teacher holds the bundle
+    if method != RecyclingMethod.DISTILL:
         mapping = transplant.plan(old, cfg.model.path, policy,
                                   f"{where}: --bundle {bundle} -> {cfg.model.path}")
-    teacher = check_teacher(cfg, old, old_base, where) if "distill" in method else None
+    distills = method in (RecyclingMethod.DISTILL, RecyclingMethod.INIT_DISTILL)
+    teacher = check_teacher(cfg, old, old_base, where) if distills else None
     return Recycling(method, old, mapping, p, teacher)
 
 
@@ -184,7 +183,7 @@ def start(r: Recycling):
     run_dir = write_run_files(r.plan.cfg, r.plan.ds_config)
     if dist.is_main() and r.mapping:
         save_json(r.mapping.report(), run_dir / "mapping.json")
-    if r.method == "distill":
+    if r.method == RecyclingMethod.DISTILL:
         model, head = tuning.build_model(r.plan, tokenizer, data)
     else:
         cfg = r.plan.cfg
@@ -235,7 +234,7 @@ def record_teacher(teacher, digest_before: str, run_dir: Path) -> None:
 def compat_result(r: Recycling, metrics: dict, digest: str | None) -> dict:
     """The record of a compat check: dev/test metrics of the mapped model with no training."""
     return {
-        "method": "compat",
+        "method": RecyclingMethod.COMPAT,
         **{split: {k.removeprefix("eval/"): v for k, v in metrics[split].items()}
            for split in ("dev", "test") if split in metrics},
         "dev_majority_baseline": metrics.get("dev_majority_baseline"),
@@ -265,13 +264,13 @@ def compat(r: Recycling, model, tokenizer, data, run_dir: Path) -> dict:
 
 
 def recycle(cfg: RunConfig, where: str, resume: str | None, command: str, bundle: str,
-            method: str, policy: Policy, force_same_base: bool = False,
+            method: RecyclingMethod, policy: Policy, force_same_base: bool = False,
             old_base: str | None = None) -> dict | None:
     """One bundle recycled by `method`: the compat record, or (tuning methods) None once the new
     bundle is in run_dir/final."""
     r = prepare(cfg, where, resume, bundle, method, policy, force_same_base, old_base)
     tokenizer, data, run_dir, model, head = start(r)
-    if method == "compat":
+    if method == RecyclingMethod.COMPAT:
         return compat(r, model, tokenizer, data, run_dir)
     loss = distiller(r, tokenizer, data) if r.teacher else None
     before = weights_digest(loss.teacher) if loss else None

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from rtune_ds.artifacts.bundle import save_bundle
+from rtune_ds.config.schema import TuningMethod
 from rtune_ds.data.tokenizer import load_tokenizer, train_tokenizer
 from rtune_ds.models.adapters import resolve_peft_targets, wrap_peft
 from rtune_ds.models.loader import load_task_model, module_names_of
@@ -20,7 +21,6 @@ from rtune_ds.train.inference import frozen_engine
 
 ONE_RANK_STAGE0 = {"train_batch_size": 1, "train_micro_batch_size_per_gpu": 1,
                    "gradient_accumulation_steps": 1, "zero_optimization": {"stage": 0}}
-METHODS = ("full", "lora", "ia3")
 LABEL_COUNTS = (2, 3, 4, 6)  # one task per count; bundle i is for task i % len(LABEL_COUNTS)
 
 
@@ -71,7 +71,7 @@ def make_tasks(work: Path, examples: int) -> list[Path]:
     return tasks
 
 
-def job_config(v0: Path, task: Path, method: str, max_len: int) -> dict:
+def job_config(v0: Path, task: Path, method: TuningMethod, max_len: int) -> dict:
     """The RunConfig a bundle records as the one it was tuned with."""
     return {"run_dir": "runs/synthetic", "seed": 0, "model": {"path": str(v0)},
             "task": {"type": "classification", "train": str(task / "train.jsonl"),
@@ -81,7 +81,8 @@ def job_config(v0: Path, task: Path, method: str, max_len: int) -> dict:
             "train": {"max_steps": 10, "micro_batch_size": 16, "global_batch_size": 32}}
 
 
-def make_bundle(v0: Path, task: Path, method: str, seed: int, out: Path, max_len: int) -> Path:
+def make_bundle(v0: Path, task: Path, method: TuningMethod, seed: int, out: Path,
+                max_len: int) -> Path:
     """A bundle for `task` tuned on v0 by `method`: random tuned values, the real writer."""
     from rtune_ds.config.load import run_config_from
 
@@ -93,7 +94,7 @@ def make_bundle(v0: Path, task: Path, method: str, seed: int, out: Path, max_len
     model, head = load_task_model(v0, "classification", labels, pad, None, seed=seed)
     targets = resolve_peft_targets(cfg.tuning, "llama", module_names_of(v0, "classification"),
                                    "synthetic bundle")
-    if method == "full":
+    if method == TuningMethod.FULL:
         model = perturbed(model, 1e-3, seed=seed)
     else:
         model = wrap_peft(model, method, "classification", targets, cfg.tuning, seed)
@@ -121,7 +122,7 @@ def make_library(preset: str, bundles: int, work: Path, examples: int, max_len: 
     tasks = make_tasks(work, examples)
     shelf = work / "bundles"
     for i in range(bundles):
-        method = METHODS[i % len(METHODS)]
+        method = list(TuningMethod)[i % len(TuningMethod)]
         make_bundle(v0, tasks[i % len(tasks)], method, seed=100 + i,
                     out=shelf / f"b{i:03d}_{method}", max_len=max_len)
     return v0, v1, shelf

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from rtune_ds.config.schema import TaskType, TuningMethod
 from rtune_ds.errors import ConfigError
 
 
@@ -12,16 +13,16 @@ def resolve_peft_targets(tuning, model_type: str, names: list[str], where: str) 
     from peft.utils import constants
 
     method = tuning.method
-    if method == "full":
+    if method == TuningMethod.FULL:
         return {}
     settings = getattr(tuning, method)
-    table = {"lora": constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING,
-             "ia3": constants.TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING}[method]
+    table = {TuningMethod.LORA: constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING,
+             TuningMethod.IA3: constants.TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING}[method]
     out = {"target_modules": settings.target_modules or table.get(model_type)}
     if out["target_modules"] is None:
         raise ConfigError(f"{where}: key 'tuning.{method}.target_modules': peft has no default for "
                           f"'{model_type}' models; name the modules")
-    if method == "ia3":
+    if method == TuningMethod.IA3:
         ff_table = constants.TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING
         out["feedforward_modules"] = (settings.feedforward_modules
                                       or [m for m in ff_table.get(model_type, [])
@@ -40,8 +41,8 @@ def wrap_peft(model: torch.nn.Module, method: str, task_type: str, targets: dict
     """A PeftModel: LoRA or IA3 on `targets`; a classifier's head is trained and saved with it."""
     from peft import IA3Config, LoraConfig, get_peft_model
 
-    peft_task = "SEQ_CLS" if task_type == "classification" else "CAUSAL_LM"
-    if method == "lora":
+    peft_task = "SEQ_CLS" if task_type == TaskType.CLASSIFICATION else "CAUSAL_LM"
+    if method == TuningMethod.LORA:
         config = LoraConfig(r=tuning.lora.r, lora_alpha=tuning.lora.alpha,
                             lora_dropout=tuning.lora.dropout, task_type=peft_task, **targets)
     else:

@@ -37,6 +37,7 @@ from rtune_ds.analysis.connectivity import (
 )
 from rtune_ds.analysis.convergence import steps_to_target, threshold
 from rtune_ds.analysis.distance import parameter_distances
+from rtune_ds.analysis.pairs import CONTROL_FLAGS, flag
 from rtune_ds.analysis.similarity import LN2, attention_js
 from rtune_ds.artifacts.bundle import read_bundle
 from rtune_ds.artifacts.lineage import fingerprint
@@ -55,7 +56,7 @@ from rtune_ds.recycling.merge import apply_bundle
 from rtune_ds.train.inference import frozen_engine
 from rtune_ds.train.monitor import Monitor, progress_bar, read_metrics
 
-CONTROL_ARGS = ("--control-a", "--control-base-a", "--control-b", "--control-base-b")
+CONTROL_ARGS = tuple(flag(dest) for dest in CONTROL_FLAGS)
 
 
 @dataclass
@@ -102,8 +103,8 @@ def open_pairs(a: str, base_a: str, b: str, base_b: str,
                control: tuple[str | None, str | None, str | None, str | None]) -> list[Pair]:
     """The main pair, and the control pair when `control` (bundle A, base A, bundle B, base B)
     is given; checked as the module docstring says."""
-    pairs = [Pair("main", open_side(a, base_a, "--a", "--base-a"),
-                  open_side(b, base_b, "--b", "--base-b"))]
+    pairs = [Pair("main", open_side(a, base_a, flag("a"), flag("base_a")),
+                  open_side(b, base_b, flag("b"), flag("base_b")))]
     missing = [arg for arg, value in zip(CONTROL_ARGS, control) if not value]
     if len(missing) < len(CONTROL_ARGS):
         if missing:
@@ -116,7 +117,7 @@ def open_pairs(a: str, base_a: str, b: str, base_b: str,
         for key in ("type", "labels"):
             if side.meta["task"][key] != first.meta["task"][key]:
                 raise ConfigError(f"{side.arg} {side.bundle}: tuned for task {key} "
-                                  f"{side.meta['task'][key]!r}, but --a {first.bundle} for "
+                                  f"{side.meta['task'][key]!r}, but {first.arg} {first.bundle} for "
                                   f"{first.meta['task'][key]!r}; compare models of one task")
     check_architectures(pairs)
     return pairs

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rtune_ds import dist
+from rtune_ds.config.schema import RecyclingMethod
 from rtune_ds.io import pyplot, save_figure, save_json
 from rtune_ds.jobs import recycling
 from rtune_ds.recycling.mapping import Policy
@@ -25,8 +26,8 @@ def compat_curve(bundle: str, bases: list[str], config: str | None, overrides: l
         cfg, where = recycling.bundle_job_config(
             Path(bundle), config, overrides,
             out_dir / f"{i:02d}_{base_label(base).replace('/', '_')}", base)
-        result = recycling.recycle(cfg, where, None, command, bundle, "compat", policy,
-                                   force_same_base=True)
+        result = recycling.recycle(cfg, where, None, command, bundle, RecyclingMethod.COMPAT,
+                                   policy, force_same_base=True)
         points.append({"index": i, "base": str(Path(base).resolve()),
                        "dev": result["dev"], "test": result.get("test")})
     if dist.is_main():

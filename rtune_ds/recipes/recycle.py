@@ -16,11 +16,12 @@
 """
 from __future__ import annotations
 
-from rtune_ds.config.schema import RunConfig
+from rtune_ds.config.schema import RecyclingMethod, RunConfig
 from rtune_ds.jobs.recycling import recycle
 from rtune_ds.recycling.mapping import Policy
 
 
-def run(cfg: RunConfig, where: str, resume: str | None, command: str, bundle: str, method: str,
-        policy: Policy, force_same_base: bool = False, old_base: str | None = None) -> dict | None:
+def run(cfg: RunConfig, where: str, resume: str | None, command: str, bundle: str,
+        method: RecyclingMethod, policy: Policy, force_same_base: bool = False,
+        old_base: str | None = None) -> dict | None:
     return recycle(cfg, where, resume, command, bundle, method, policy, force_same_base, old_base)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from rtune_ds import dist
 from rtune_ds.artifacts.run_dir import release_unused_run_dirs, write_run_files
+from rtune_ds.config.schema import RecyclingMethod
 from rtune_ds.data.examples import load_task, task_key
 from rtune_ds.data.tokenizer import load_tokenizer, tokenizer_hash
 from rtune_ds.errors import ConfigError, RunError
@@ -59,7 +60,7 @@ def plan_library(bundles: str, base: str, config: str | None, overrides: list[st
         try:
             cfg, where = recycling.bundle_job_config(bundle, config, overrides,
                                                      out_dir / "compat" / bundle.name, base)
-            r = recycling.prepare(cfg, where, None, str(bundle), "compat", policy,
+            r = recycling.prepare(cfg, where, None, str(bundle), RecyclingMethod.COMPAT, policy,
                                   force_same_base)
         except ConfigError as err:
             refused.append({**row, "status": "refused", "reason": str(err)})

@@ -3,6 +3,8 @@ it starting from it (init), or, for a few-shot task, re-tune with the old model 
 well (init+distill: the best few-shot arm of the study, README). Pure: tested in-process."""
 from __future__ import annotations
 
+from rtune_ds.config.schema import RecyclingMethod
+
 KEEP_AT = 0.9  # keep a bundle whose compat score keeps at least this fraction of its old gain
 FEW_SHOT_AT = 32  # a classification task with at most this many train examples per label
                   # (an lm task: this many examples) is few-shot
@@ -41,5 +43,6 @@ def advise(task_type: str, old: float | None, compat: float | None, majority: fl
                "on its old base it did not beat the majority baseline")
     else:
         why = f"compat keeps {kept:.3f} of its old gain (< {keep_at})"
-    return {"decision": "init+distill" if few_shot else "init", "kept_gain": kept,
+    retune = RecyclingMethod.INIT_DISTILL if few_shot else RecyclingMethod.INIT
+    return {"decision": retune, "kept_gain": kept,
             "few_shot": few_shot, "evidence": f"{why}; {shots}"}

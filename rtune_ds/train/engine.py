@@ -16,6 +16,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from rtune_ds import dist
 from rtune_ds.artifacts import checkpoint
+from rtune_ds.config.schema import Nonfinite
 from rtune_ds.errors import ConfigError, RunError
 from rtune_ds.train.guards import BestState, StopRequest, finite_grads, update_left_out
 from rtune_ds.train.monitor import Monitor
@@ -49,7 +50,8 @@ class LoopSpec:
     save_checkpoints: bool = True
     best_metric: str | None = None  # keep the weights of the best eval by this key; reload at the end
     best_mode: str = "max"  # max | min
-    nonfinite: str = "stop"  # a NaN/Inf loss on any rank: stop (RunError) | skip that step's update
+    # a NaN/Inf loss on any rank: stop (RunError) | skip that step's update
+    nonfinite: Nonfinite = Nonfinite.STOP
     patience: int | None = None  # with best_metric: end after this many evals without a better one
     # called on every rank after each optimizer step with (engine, step, tokens); collective work
     # (a ZeRO-3 export) is allowed, as every rank reaches it at the same step
@@ -165,7 +167,7 @@ def train(model: torch.nn.Module, spec: LoopSpec, source: BatchSource,
         if not engine.was_step_applied():  # DeepSpeed left it out itself (a NaN/Inf gradient
             nonfinite = True  # norm) and did not advance the LR schedule: keep it on our step
             engine.lr_scheduler.step()
-        if nonfinite and spec.nonfinite == "stop":
+        if nonfinite and spec.nonfinite == Nonfinite.STOP:
             stop.release()
             monitor.close()
             last = checkpoint.latest_tag(ckpt_dir)
