@@ -290,9 +290,11 @@ def main(argv: list[str] | None = None) -> int:
                 compat_curve.compat_curve(args.bundle, args.bases, args.config, overrides,
                                           args.out, policy, command)
         elif args.command == "analyze":
-            from rtune_ds.recipes import analyze
+            from rtune_ds.recipes import connectivity, convergence, distance, similarity
 
-            analyze.run(args, "rtune " + " ".join(argv))
+            recipe = {"connectivity": connectivity, "similarity": similarity, "distance": distance,
+                      "convergence": convergence}[args.analyze_command]
+            recipe.from_args(args, "rtune " + " ".join(argv))
         elif args.command == "export":
             from rtune_ds.recycling.merge import export_merged
 

@@ -13,7 +13,8 @@ from rtune_ds.config.load import load_run_config
 from rtune_ds.demo.plan import SECONDS, Job
 from rtune_ds.errors import ConfigError, RunError
 from rtune_ds.io import save_json
-from rtune_ds.recipes import analyze, finetune, pretrain, recycle
+from rtune_ds.jobs.pairs import open_pairs
+from rtune_ds.recipes import connectivity, finetune, pretrain, recycle, similarity
 from rtune_ds.recycling.mapping import Policy
 
 
@@ -49,15 +50,15 @@ def run_job(job: Job) -> None:
                     o["same_base"])
     else:
         p = o["pairs"]
-        pairs = analyze.open_pairs(p["a"], p["base_a"], p["b"], p["base_b"],
-                                   (p["control_a"], p["control_base_a"], p["control_b"],
-                                    p["control_base_b"]))
+        pairs = open_pairs(p["a"], p["base_a"], p["b"], p["base_b"],
+                           (p["control_a"], p["control_base_a"], p["control_b"],
+                            p["control_base_b"]))
         cfg = load_run_config(job.config, [*overrides, f"model.path={p['base_b']}"],
                               "finetune")
         if job.recipe == "connectivity":
-            analyze.connectivity(cfg, where, pairs, o["points"], job.command())
+            connectivity.run(cfg, where, pairs, o["points"], job.command())
         else:
-            analyze.similarity(cfg, where, pairs, o["max_examples"], job.command())
+            similarity.run(cfg, where, pairs, o["max_examples"], job.command())
 
 
 def check_done(job: Job) -> None:
