@@ -13,7 +13,6 @@ from rtune_ds.config.schema import RecyclingMethod
 from rtune_ds.console import LOG_LEVELS, console
 from rtune_ds.errors import ConfigError, RunError
 
-
 # ---------------------------------------------------------------- the handlers
 # Each command's parser carries its handler (args, command line); a handler imports its recipe
 # when it runs, so `rtune --help` and a refused command line stay fast.
@@ -68,9 +67,10 @@ def _compat_curve(args, command: str) -> None:
 
 
 def _analyze(args, command: str) -> None:
-    from rtune_ds.recipes import analyze
+    """connectivity | similarity | distance | convergence: the recipe of that name."""
+    import importlib
 
-    analyze.run(args, command)
+    importlib.import_module(f"rtune_ds.recipes.{args.analyze_command}").from_args(args, command)
 
 
 def _export(args, command: str) -> None:

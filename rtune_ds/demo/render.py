@@ -179,9 +179,10 @@ def plots(report: dict, logs: dict[str, list[dict]], conn: dict, sim: dict,
     for name, fig in made.items():
         save_figure(fig, out / name)
     names = list(made)
-    # the analyses' own figures, drawn again from their JSON by the recipe that drew them (here,
-    # not at the top: the recipe's imports start DeepSpeed, which nothing else here needs)
-    from rtune_ds.recipes.analyze import plot_connectivity, plot_similarity
+    # the analyses' own figures, drawn again from their JSON by the recipes that drew them (here,
+    # not at the top: the recipes' imports start DeepSpeed, which nothing else here needs)
+    from rtune_ds.recipes.connectivity import plot_connectivity
+    from rtune_ds.recipes.similarity import plot_similarity
 
     for name, result, plot in (("connectivity.png", conn, plot_connectivity),
                                ("similarity.png", sim, plot_similarity)):

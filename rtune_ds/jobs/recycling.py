@@ -1,10 +1,13 @@
 """The stages of recycling a bundle onto a new base: read and adopt the bundle, plan the mapping
-before any compute, build the mapped model, the teacher for distillation, the compat score."""
+before any compute, build the mapped model, the compat score, and tuning (with the teacher for
+distillation). The recipes recycle, compat_curve and recycle_all put them in their order."""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from rtune_ds import dist
 from rtune_ds.artifacts.bundle import OldWeights, open_old_weights
@@ -12,7 +15,7 @@ from rtune_ds.artifacts.lineage import bundle_fingerprint, fingerprint
 from rtune_ds.artifacts.run_dir import write_run_files
 from rtune_ds.config.load import read_mapping, run_config_from
 from rtune_ds.config.schema import RecyclingMethod, RunConfig, TaskType
-from rtune_ds.data.examples import column, load_table
+from rtune_ds.data.examples import TaskData, column, load_table
 from rtune_ds.data.tokenizer import load_tokenizer, tokenizer_hash
 from rtune_ds.errors import ConfigError
 from rtune_ds.io import save_json
@@ -23,6 +26,7 @@ from rtune_ds.recycling import transplant
 from rtune_ds.recycling.mapping import Mapping, Policy
 from rtune_ds.recycling.teacher import build_teacher, teacher_ds_config
 from rtune_ds.train.distill import Distiller
+from rtune_ds.train.engine import TrainResult
 from rtune_ds.train.inference import frozen_engine
 from rtune_ds.train.monitor import Monitor
 
@@ -40,6 +44,16 @@ class Recycling:
     mapping: Mapping | None  # None for distill (the student does not start from the bundle)
     plan: tuning.Plan
     teacher: Teacher | None = None
+
+
+@dataclass
+class Started:
+    """What steps 2-3 hand the last step: the task data and the student model."""
+    tokenizer: object
+    data: TaskData
+    run_dir: Path
+    model: torch.nn.Module
+    head: list[str]  # the task head's tensor names
 
 
 def task_labels(cfg: RunConfig, where: str) -> list[str] | None:
@@ -171,10 +185,9 @@ def prepare(cfg: RunConfig, where: str, resume: str | None, bundle: str,
     return Recycling(method, old, mapping, p, teacher)
 
 
-def start(r: Recycling):
+def start(r: Recycling) -> Started:
     """Steps 2-3: start the ranks, read the task data, record the configs and the mapping report,
-    and build the student: the new base with the bundle mapped (a fresh one for distill).
-    Returns (tokenizer, data, run_dir, model, head names)."""
+    and build the student: the new base with the bundle mapped (a fresh one for distill)."""
     dist.init()
     tokenizer, data = tuning.load_inputs(r.plan)
     if data.label_names != r.old.labels:
@@ -193,7 +206,7 @@ def start(r: Recycling):
                                        seed=cfg.seed,
                                        trust_remote_code=cfg.model.trust_remote_code)
         model, head = mapped.model, mapped.head
-    return tokenizer, data, run_dir, model, head
+    return Started(tokenizer, data, run_dir, model, head)
 
 
 def lineage_of(r: Recycling) -> dict:
@@ -253,28 +266,26 @@ def record_compat(result: dict, run_dir: Path) -> None:
         save_json(result, run_dir / "compat.json")
 
 
-def compat(r: Recycling, model, tokenizer, data, run_dir: Path) -> dict:
-    """Score the mapped model with no training: run_dir/compat.json and TensorBoard (step 0)."""
-    engine = frozen_engine(model, r.plan.ds_config)
-    metrics = tuning.score(r.plan, engine.module, data, tokenizer)
+def compat(r: Recycling, s: Started) -> dict:
+    """Step 4 of compat: score the mapped model with no training: run_dir/compat.json and
+    TensorBoard (step 0)."""
+    engine = frozen_engine(s.model, r.plan.ds_config)
+    metrics = tuning.score(r.plan, engine.module, s.data, s.tokenizer)
     result = compat_result(r, metrics, weights_digest(engine))
-    record_compat(result, run_dir)
+    record_compat(result, s.run_dir)
     dist.barrier()
     return result
 
 
-def recycle(cfg: RunConfig, where: str, resume: str | None, command: str, bundle: str,
-            method: RecyclingMethod, policy: Policy, force_same_base: bool = False,
-            old_base: str | None = None) -> dict | None:
-    """One bundle recycled by `method`: the compat record, or (tuning methods) None once the new
-    bundle is in run_dir/final."""
-    r = prepare(cfg, where, resume, bundle, method, policy, force_same_base, old_base)
-    tokenizer, data, run_dir, model, head = start(r)
-    if method == RecyclingMethod.COMPAT:
-        return compat(r, model, tokenizer, data, run_dir)
-    loss = distiller(r, tokenizer, data) if r.teacher else None
+def tune(r: Recycling, s: Started, command: str) -> TrainResult:
+    """Step 4 of the tuning methods: the one loop from the student's state (with the teacher for
+    distill), then the new bundle in run_dir/final, its lineage naming the old bundle and both
+    bases; with a teacher, run_dir/teacher.json (all ranks call)."""
+    loss = distiller(r, s.tokenizer, s.data) if r.teacher else None
     before = weights_digest(loss.teacher) if loss else None
-    tuning.tune(r.plan, model, head, tokenizer, data, command, lineage_of(r), loss)
+    result = tuning.train(r.plan, s.model, s.tokenizer, s.data, loss)
+    if result.finished:
+        tuning.finish(r.plan, result, s.tokenizer, s.data, s.head, command, lineage_of(r))
     if loss:
-        record_teacher(loss.teacher, before, run_dir)
-    return None
+        record_teacher(loss.teacher, before, s.run_dir)
+    return result

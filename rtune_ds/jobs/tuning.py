@@ -103,30 +103,26 @@ def evaluator(p: Plan, data: TaskData, tokenizer, split: str):
                                       tokenizer.pad_token_id)
 
 
-def tune(p: Plan, model, head: list[str], tokenizer, data: TaskData, command: str,
-         lineage: dict | None = None, loss=None) -> engine.TrainResult:
-    """Steps 4-5: the one loop from the model's current state, then the bundle (its lineage.json
-    gets `lineage` as extra keys). `loss`: the task's own loss unless another objective is given."""
+def train(p: Plan, model, tokenizer, data: TaskData, loss=None) -> engine.TrainResult:
+    """The one loop from the model's current state, evaluating on dev and keeping the best dev
+    weights. `loss`: the task's own loss unless another objective is given."""
     cfg = p.cfg
     loss = loss or (classification_loss if cfg.task.type == "classification" else lm_loss)
-    t, train = cfg.train, data.splits["train"]
+    t, examples = cfg.train, data.splits["train"]
     spec = engine.LoopSpec(
         run_dir=Path(cfg.run_dir), ds_config=p.ds_config, schedule=p.schedule,
         max_steps=t.max_steps, micro_batch=t.micro_batch_size, grad_accum=p.grad_accum,
         # real (non-pad) tokens: exact over whole epochs, which visit every example once; the
         # source logs each step's own count as data/real_tokens
-        tokens_per_sample=train.lengths.double().mean().item(), stop_after=t.stop_after,
+        tokens_per_sample=examples.lengths.double().mean().item(), stop_after=t.stop_after,
         eval_every=t.eval_every, save_every=t.save_every, log_every=t.log_every,
         resume_tag=p.resume_tag, best_metric=p.best_metric, best_mode=p.best_mode,
         nonfinite=t.nonfinite, patience=t.patience)
     # dropout draws follow the job's seed, not what ran before it in this process (the demo and
     # recycle-all --then tune run many jobs in one launch); a resume restores the checkpoint's
     torch.manual_seed(cfg.seed)
-    result = engine.train(model, spec, ExampleSource(train, cfg.seed), loss,
-                          evaluator(p, data, tokenizer, "dev"))
-    if result.finished:
-        finish(p, result, tokenizer, data, head, command, lineage or {})
-    return result
+    return engine.train(model, spec, ExampleSource(examples, cfg.seed), loss,
+                        evaluator(p, data, tokenizer, "dev"))
 
 
 def score(p: Plan, module, data: TaskData, tokenizer) -> dict:
@@ -141,15 +137,16 @@ def score(p: Plan, module, data: TaskData, tokenizer) -> dict:
 
 
 def finish(p: Plan, result: engine.TrainResult, tokenizer, data: TaskData, head: list[str],
-           command: str, extra_lineage: dict) -> None:
-    """Score the best weights on dev (and test), then write the bundle to run_dir/final."""
+           command: str, extra_lineage: dict | None = None) -> None:
+    """Score the best weights on dev (and test), then write the bundle to run_dir/final (its
+    lineage.json gets `extra_lineage` as extra keys) and the run's summary.json."""
     cfg, run_dir = p.cfg, Path(p.cfg.run_dir)
     metrics = {"best_step": result.best_step, **score(p, result.engine.module, data, tokenizer)}
     lineage = lineage_record(
         command, cfg.to_dict(), cfg.model.path, data.describe(), result.step, result.tokens,
         {"kind": "bundle", "method": cfg.tuning.method, "precision": p.precision,
          "precision_why": p.precision_why,
-         "labels": data.label_names, "metrics": metrics, **extra_lineage})
+         "labels": data.label_names, "metrics": metrics, **(extra_lineage or {})})
     save_bundle(result.engine, run_dir / "final", method=cfg.tuning.method,
                 task_type=cfg.task.type, base_dir=cfg.model.path, label_names=data.label_names,
                 pad_token_id=tokenizer.pad_token_id, head_names=head, targets=p.targets,

@@ -26,8 +26,9 @@ def compat_curve(bundle: str, bases: list[str], config: str | None, overrides: l
         cfg, where = recycling.bundle_job_config(
             Path(bundle), config, overrides,
             out_dir / f"{i:02d}_{base_label(base).replace('/', '_')}", base)
-        result = recycling.recycle(cfg, where, None, command, bundle, RecyclingMethod.COMPAT,
-                                   policy, force_same_base=True)
+        r = recycling.prepare(cfg, where, None, bundle, RecyclingMethod.COMPAT, policy,
+                              force_same_base=True)
+        result = recycling.compat(r, recycling.start(r))
         points.append({"index": i, "base": str(Path(base).resolve()),
                        "dev": result["dev"], "test": result.get("test")})
     if dist.is_main():

@@ -24,5 +24,8 @@ def run(cfg: RunConfig, where: str, resume: str | None, command: str) -> engine.
     tokenizer, data = tuning.load_inputs(p)
     write_run_files(p.cfg, p.ds_config)
     model, head = tuning.build_model(p, tokenizer, data)
-    return tuning.tune(p, model, head, tokenizer, data, command)
+    result = tuning.train(p, model, tokenizer, data)
+    if result.finished:
+        tuning.finish(p, result, tokenizer, data, head, command)
+    return result
 

@@ -17,11 +17,17 @@
 from __future__ import annotations
 
 from rtune_ds.config.schema import RecyclingMethod, RunConfig
-from rtune_ds.jobs.recycling import recycle
+from rtune_ds.jobs import recycling
 from rtune_ds.recycling.mapping import Policy
+from rtune_ds.train.engine import TrainResult
 
 
 def run(cfg: RunConfig, where: str, resume: str | None, command: str, bundle: str,
         method: RecyclingMethod, policy: Policy, force_same_base: bool = False,
-        old_base: str | None = None) -> dict | None:
-    return recycle(cfg, where, resume, command, bundle, method, policy, force_same_base, old_base)
+        old_base: str | None = None) -> dict | TrainResult:
+    """The compat record, or (tuning methods) the training result."""
+    r = recycling.prepare(cfg, where, resume, bundle, method, policy, force_same_base, old_base)
+    started = recycling.start(r)
+    if method == RecyclingMethod.COMPAT:
+        return recycling.compat(r, started)
+    return recycling.tune(r, started, command)

@@ -188,8 +188,9 @@ def tune_queue(rows: list[dict], base: str, config: str | None, overrides: list[
             try:
                 cfg, where = recycling.bundle_job_config(Path(row["path"]), config, overrides,
                                                          run_dir, base)
-                recycling.recycle(cfg, where, "auto", command, row["path"], row["decision"],
-                                  policy, force_same_base)
+                r = recycling.prepare(cfg, where, "auto", row["path"], row["decision"], policy,
+                                      force_same_base)
+                recycling.tune(r, recycling.start(r), command)
             except ConfigError as err:
                 done.append({**job, "status": "refused", "reason": str(err)})
                 continue
