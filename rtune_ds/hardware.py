@@ -15,19 +15,17 @@ FORCE_NATIVE_BF16 = "RTUNE_NATIVE_BF16"
 
 
 def cpu_info() -> dict[str, str | set[str]]:
-    """The CPU's model name and feature flags, as /proc/cpuinfo reports them (Linux)."""
-    name, flags = platform.processor() or "unknown", set()
+    """The CPU's model name and feature flags, as /proc/cpuinfo reports them for its first core
+    (Linux; elsewhere the platform's processor name and no flags)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return {"model": name, "flags": flags}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and name in ("unknown", platform.processor()):
-            name = value.strip()
-        elif key.strip() == "flags" and not flags:
-            flags = set(value.split())
-    return {"model": name, "flags": flags}
+        text = ""
+    first: dict[str, str] = {}
+    for key, _, value in (line.partition(":") for line in text.splitlines()):
+        first.setdefault(key.strip(), value.strip())
+    return {"model": first.get("model name") or platform.processor() or "unknown",
+            "flags": set(first.get("flags", "").split())}
 
 
 @cache

@@ -106,7 +106,7 @@ def header(command: str, p) -> dict:
     """The first keys of a report on a run config: what ran and how."""
     cfg = p.cfg
     return {"bench": command, "model": cfg.model.preset or cfg.model.path,
-            "precision": p.precision, "zero_stage": p.ds_config["zero_optimization"]["stage"],
+            "precision": p.precision, "precision_why": p.precision_why, "zero_stage": p.ds_config["zero_optimization"]["stage"],
             "world_size": dist.world_size()}
 
 
