@@ -2,7 +2,6 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-NPROC ?= 2
 
 .PHONY: main test test-fast venv
 
@@ -16,9 +15,9 @@ $(BIN)/rtune: pyproject.toml
 
 venv: $(BIN)/rtune
 
-# The main job: the whole story on real text (rtune demo, 2 CPU ranks) -> runs/demo/report.md
+# The main job: the study on real text (rtune demo: two 1-rank jobs at once) -> runs/demo/report.md
 main: venv
-	$(BIN)/rtune demo --out runs/demo --nproc $(NPROC)
+	$(BIN)/rtune demo --out runs/demo
 
 # The whole test suite (CI runs exactly this)
 test: venv

@@ -100,7 +100,8 @@ def _demo(args, command: str) -> None:
         return
     from rtune_ds.demo import main as demo
 
-    demo.run(args.quick, args.out, args.nproc, args.seeds, args.data, args.ds_config,
+    profile = "quick" if args.quick else "full" if args.full else "main"
+    demo.run(profile, args.out, args.nproc, args.workers, args.seeds, args.data, args.ds_config,
              args.base_dir, command)
 
 
@@ -302,12 +303,17 @@ def parser() -> argparse.ArgumentParser:
     prep.add_argument("--foldoc-dir", help="local dict-foldoc files (dir or .deb) instead of apt")
     demo = _command(sub, "demo", _demo, "the study on a real pretrained model and real text, then "
                     "a report (OUT/report.md)")
-    demo.add_argument("--quick", action="store_true", help="the smoke-test budget (a few minutes, "
+    size = demo.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="the smoke-test budget (a few minutes, "
                       "a preset v0 pretrained here)")
+    size.add_argument("--full", action="store_true", help="the main study plus the full-data "
+                      "regime")
     demo.add_argument("--base-dir", help="v0: a local HF encoder or decoder directory (default: "
                       "the budget's released model, fetched by package name)")
     demo.add_argument("--out", default="runs/demo", help="runs, configs, task samples and report")
-    demo.add_argument("--nproc", type=int, default=2, help="ranks of the launch")
+    demo.add_argument("--nproc", type=int, help="ranks of each launch (default: the budget's)")
+    demo.add_argument("--workers", type=int, help="launches that run at once, each its share of "
+                      "a wave's jobs (default: the budget's)")
     demo.add_argument("--seeds", type=int, help="seeds per arm and regime (default: the "
                       "budget's, rtune_ds/resources/demo.yaml)")
     demo.add_argument("--data", help="a prepared data dir (default: OUT/data, prepared if missing)")

@@ -33,11 +33,21 @@ def launcher_command(nproc: int, rtune_args: list[str]) -> list[str]:
 
 def run_launch(cmd: list[str], what: str) -> None:
     """Run a launch in the foreground (its output passes through); a failure names `what`."""
-    print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    proc = subprocess.run(cmd, env=env)
-    if proc.returncode != 0:
-        raise ConfigError(f"{what}: the launch failed with exit code {proc.returncode}")
+    run_launches([(cmd, what)], int(os.environ.get("OMP_NUM_THREADS", "1")))
+
+
+def run_launches(launches: list[tuple[list[str], str]], threads: int) -> None:
+    """Run the launches (command, what it is) at once, each rank with `threads` threads, and
+    wait for all of them; a failure names the `what` of every launch that failed."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    procs = []
+    for cmd, what in launches:
+        print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
+        procs.append((subprocess.Popen(cmd, env=env), what))
+    failed = [f"{what}: the launch failed with exit code {code}"
+              for proc, what in procs if (code := proc.wait()) != 0]
+    if failed:
+        raise ConfigError("; ".join(failed))
 
 
 def check_hostfile(path: str) -> dict[str, int]:

@@ -13,32 +13,38 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import yaml
 
 from rtune_ds.analysis.pairs import FLAGS
 from rtune_ds.cli import parse
-from rtune_ds.data.tasks import build_task
-from rtune_ds.demo import findings as F
+from rtune_ds.data.decontaminate import normalised
 from rtune_ds.demo import results
+from rtune_ds.demo.data import study_data
 from rtune_ds.demo.plan import (
-    METHODS,
+    ARMS,
+    CALIBRATION_SEED,
+    RECYCLED,
     REGIMES,
     Job,
     Planner,
+    bundle,
     ds_config_path,
     export_steps,
     load_budget,
+    write_configs,
 )
 from rtune_ds.errors import ConfigError
 from rtune_ds.resources import DS_CONFIGS
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
+PROFILES = ("quick", "main", "full")
 
 
 def test_the_budgets_ds_config_is_shipped_in_the_package(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a directory without ds_configs/, as after a wheel install
-    for quick in (True, False):
-        budget = load_budget(quick, None)
+    for profile in PROFILES:
+        budget = load_budget(profile, None)
         assert Path(budget["ds_config"]).name == budget["ds_config"]  # a bare name
         found = Path(ds_config_path(None, budget))
         assert found.is_file() and found.parent == DS_CONFIGS
@@ -47,63 +53,127 @@ def test_the_budgets_ds_config_is_shipped_in_the_package(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="--ds-config nope.json: DeepSpeed JSON not found"):
         ds_config_path("nope.json", budget)
     with pytest.raises(ConfigError, match=r"demo.yaml: key 'main.ds_config' \(zero9.json\)"):
-        ds_config_path(None, {**budget, "ds_config": "zero9.json"})
+        ds_config_path(None, {**load_budget("main", None), "ds_config": "zero9.json"})
+    with pytest.raises(ConfigError, match="demo.yaml: no budget 'huge'"):
+        load_budget("huge", None)
 
 
-def planned(tmp_path: Path, quick: bool) -> tuple[Planner, list[Job], list[Job], dict]:
-    """(the planner, stage one before the grid ran, every job after it, the chosen LRs); the main
-    budget's v0 is a directory that stands for the released model."""
-    b = load_budget(quick, None)
-    planner = Planner(b, tmp_path, tmp_path / "configs", None if quick else str(tmp_path / "v0"))
-    lrs = {"full": b["tune"]["lr_grid"][1], "few": b["tune"]["lr_grid"][0]}
-    return planner, planner.stage_one(), planner.stage_one(lrs) + planner.stage_two(lrs), lrs
+def test_the_full_budget_is_main_with_the_full_data_regime():
+    main, full = load_budget("main", None), load_budget("full", None)
+    assert full["regimes"] == ["few", "full"] and main["regimes"] == ["few"]
+    assert {k: v for k, v in full.items() if k not in ("regimes", "profile")} == \
+        {k: v for k, v in main.items() if k not in ("regimes", "profile")}
 
 
-@pytest.mark.parametrize("quick", [True, False])
-def test_the_plan_names_each_run_once_and_reads_only_what_earlier_jobs_write(tmp_path, quick):
-    planner, _, jobs, _ = planned(tmp_path, quick)
+def chosen(b: dict) -> dict:
+    """An LR per arm and regime, each a different grid LR where the grid allows."""
+    grid = b["tune"]["lr_grid"]
+    return {r: {a: grid[i % len(grid)] for i, a in enumerate(ARMS)} for r in REGIMES}
+
+
+def planned(tmp_path: Path, profile: str) -> tuple[Planner, list, list]:
+    """(the planner, the waves before the grid ran, every wave after it); the main budget's v0 is
+    a directory that stands for the released model."""
+    b = load_budget(profile, None)
+    planner = Planner(b, tmp_path, tmp_path / "configs",
+                      None if profile == "quick" else str(tmp_path / "v0"))
+    return planner, planner.waves(), planner.waves(chosen(b))
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_a_wave_reads_only_what_earlier_waves_write(tmp_path, profile):
+    planner, _, waves = planned(tmp_path, profile)
+    jobs = [j for _, wave in waves for j in wave]
     assert len({j.name for j in jobs}) == len(jobs)
     assert len({j.run_dir for j in jobs}) == len(jobs)
-    written = set() if quick else {tmp_path / "v0"}
-    for job in jobs:
-        assert Job(**json.loads(json.dumps(asdict(job)))) == job  # the plan file holds it whole
-        # its command line is one `rtune` runs (the demo's launch runs it as parsed here), with
-        # its run dir and config
-        args = parse(shlex.split(job.command())[1:])
-        assert args.handler is not None
-        assert (args.config, args.overrides[0]) == (job.config, f"run_dir={job.run_dir}")
-        reads = [o.split("=", 1)[1] for o in args.overrides if o.startswith("model.path=")]
-        reads += [v for k, v in vars(args).items() if k in ("bundle", "base", *FLAGS) and v]
-        assert {Path(r) for r in reads} <= written, job.name
-        written.add(Path(job.run_dir) / "final")
-        if job.name == "v1":  # and its exports along the way, which compat reads
-            written |= {Path(job.run_dir) / "exports" / f"step-{s}"
-                        for s in export_steps(planner.b).values()}
+    written = set() if profile == "quick" else {tmp_path / "v0"}
+    for _, wave in waves:
+        made = set()
+        for job in wave:
+            assert Job(**json.loads(json.dumps(asdict(job)))) == job  # the plan file holds it
+            # its command line is one `rtune` runs (a demo launch runs it as parsed here), with
+            # its run dir and config
+            args = parse(shlex.split(job.command())[1:])
+            assert args.handler is not None
+            assert (args.config, args.overrides[0]) == (job.config, f"run_dir={job.run_dir}")
+            reads = [o.split("=", 1)[1] for o in args.overrides if o.startswith("model.path=")]
+            reads += [v for k, v in vars(args).items() if k in ("bundle", "base", *FLAGS) and v]
+            assert {Path(r) for r in reads} <= written, job.name  # jobs of a wave run at once
+            made.add(Path(job.run_dir) / "final")
+            if job.name == "v1":  # and its exports along the way, which compat reads
+                made |= {Path(job.run_dir) / "exports" / f"step-{s}"
+                         for s in export_steps(planner.b).values()}
+        written |= made
 
 
-@pytest.mark.parametrize("quick", [True, False])
-def test_every_arm_runs_each_seed_and_regime_at_the_lr_the_grid_chose(tmp_path, quick):
-    planner, first, jobs, lrs = planned(tmp_path, quick)
-    b = planner.b
-    # before the grid has run, no job is a vanilla run; after it, the chosen grid run of each
-    # regime is vanilla's seed 1 under the same name (so a rerun finds it done)
-    assert not any(j.info["kind"] == "finetune" and j.info["method"] == "vanilla" for j in first)
-    assert [j.name for j in first] == [j.name for j in jobs[:len(first)]]
-    for regime in REGIMES:
-        grid = [j for j in jobs if j.info.get("lr") is not None and j.info["regime"] == regime]
-        assert sorted(j.info["lr"] for j in grid) == sorted(b["tune"]["lr_grid"])
-        assert [j.info["lr"] for j in grid if j.info["kind"] == "finetune"] == [lrs[regime]]
-        for method in METHODS:
-            arm = [j for j in jobs if j.info.get("method") == method and j.info["base"] == "v1"
-                   and j.info["regime"] == regime and j.info["kind"] != "grid"]
-            assert sorted(j.info["seed"] for j in arm) == list(range(1, b["seeds"] + 1)), method
-            for j in arm:
-                assert f"train.lr={lrs[regime]}" in j.overrides, j.name
-                assert f"train.patience={b['tune'][regime]['patience']}" in j.overrides, j.name
-                assert ("task.few_shot" in " ".join(j.overrides)) == (regime == "few"), j.name
-    points = sorted(j.info["point"] for j in jobs if j.info.get("method") == "compat"
-                    and j.info["tuning"] == "full")
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_arm_runs_the_grid_on_the_calibration_seed_and_each_seed_at_its_lr(tmp_path,
+                                                                                  profile):
+    planner, before, waves = planned(tmp_path, profile)
+    b, lrs = planner.b, chosen(planner.b)
+    assert [name for name, _ in before] == [name for name, _ in waves[:len(before)]]
+    assert not any(j.info["kind"] == "arm" for _, wave in before for j in wave)
+    jobs = [j for _, wave in waves for j in wave]
+    seeds = list(range(1, b["seeds"] + 1))
+    for regime in b["regimes"]:
+        t = b["tune"][regime]
+        budget = [f"train.max_steps={t['max_steps']}", f"train.eval_every={t['eval_every']}",
+                  f"train.warmup_steps={round(b['tune']['warmup_fraction'] * t['max_steps'])}"]
+        for name in ARMS:
+            grid = [j for j in jobs if j.info["kind"] == "grid" and j.info["arm"] == name
+                    and j.info["regime"] == regime]
+            assert sorted(j.info["lr"] for j in grid) == sorted(b["tune"]["lr_grid"]), name
+            assert {j.info["seed"] for j in grid} == {CALIBRATION_SEED}
+            runs = [j for j in jobs if j.info["kind"] == "arm" and j.info["arm"] == name
+                    and j.info["regime"] == regime]
+            assert [j.info["seed"] for j in runs] == seeds, name
+            for j in grid + runs:
+                lr = j.info.get("lr", lrs[regime][name])
+                assert f"train.lr={lr}" in j.overrides, j.name
+                assert set(budget) <= set(j.overrides), j.name
+                assert not any("patience" in o for o in j.overrides), j.name
+                seed = j.info["seed"]
+                assert f"seed={seed}" in j.overrides, j.name  # the few-shot sample s
+                if name in RECYCLED:  # recycles the bundle of its own seed
+                    assert j.args[j.args.index("--bundle") + 1] == \
+                        planner.final(bundle(seed)), j.name
+                few = [o for o in j.overrides if o.startswith("task.")]
+                assert bool(few) == (regime == "few"), j.name
+                if few:  # its dev pool is the half of the dev split no bundle was chosen on
+                    assert any(o.startswith("task.dev=") and o.endswith("_dev_pool.jsonl")
+                               for o in few), j.name
+    points = sorted(j.info["point"] for j in jobs if j.info["kind"] == "compat"
+                    and j.info["seed"] == 1)
     assert points == [0.0, *b["cpt"]["exports"], 1.0]
+    compat_seeds = sorted(j.info["seed"] for j in jobs if j.info["kind"] == "compat"
+                          and j.info["point"] == 1.0)
+    assert compat_seeds == [CALIBRATION_SEED, *seeds]
+
+
+def test_no_dev_or_test_text_reaches_any_pretraining_corpus(tmp_path):
+    out = tmp_path / "demo"
+    b = load_budget("quick", None)
+    prepared = study_data(fixture_data(tmp_path / "data"), out, b["tasks"], b["task_limits"])
+    held = set()
+    for path in (out / "tasks").rglob("*.jsonl"):
+        if any(s in path.name for s in ("_dev", "_test")):  # dev, dev_pool, test; all splits
+            held |= {normalised(json.loads(x)["text"]) for x in path.read_text().splitlines()}
+    assert held and prepared["decontamination"]["held_out_texts"] == len(held)
+    removed = prepared["decontamination"]["corpora"]
+    assert all(c["removed"] > 0 for c in removed.values())  # the fixtures' tasks come from them
+    configs = write_configs(b, out / "corpora", out, str(DS_CONFIGS / "zero0.json"), None)
+    sources = set()
+    for name in ("v0", "v1", "rand"):
+        data = yaml.safe_load((configs / f"{name}.yaml").read_text())["data"]
+        blends = [data["train"]] + ([data["switch"]["train"]] if "switch" in data else [])
+        sources |= {Path(s["path"] if isinstance(s, dict) else s) for blend in blends
+                    for s in blend}
+    assert sources == {out / "corpora" / "general.jsonl", out / "corpora" / "computing.jsonl"}
+    for source in sources:
+        texts = [normalised(json.loads(x)["text"]) for x in source.read_text().splitlines()]
+        assert texts and not held & set(texts), source
+        original = (tmp_path / "data" / source.name).read_text().splitlines()
+        assert len(original) - len(texts) == removed[source.name]["removed"]
 
 
 def test_the_report_lists_the_tensors_v1_carried_from_v0(tmp_path):
@@ -126,15 +196,11 @@ def test_the_report_lists_the_tensors_v1_carried_from_v0(tmp_path):
 
 
 def fixture_data(out: Path) -> Path:
-    """A prepared-data directory from the fixture corpora: both corpora as they are, and the two
-    tasks built by the real rules with thresholds small enough for a few hundred records."""
+    """A prepared-data directory made of the fixture corpora (the quick budget's class limits
+    make tasks of a few hundred records)."""
     out.mkdir(parents=True)
-    for corpus, field, task in (("general.jsonl", "lexname", "supersense"),
-                                ("computing.jsonl", "category", "foldoc_category")):
+    for corpus in ("general.jsonl", "computing.jsonl"):
         shutil.copy(FIXTURES / corpus, out / corpus)
-        splits, _ = build_task(FIXTURES / corpus, field, max_classes=5, min_count=8)
-        for split, rows in splits.items():
-            (out / f"{task}_{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return out
 
 
@@ -142,92 +208,99 @@ def fixture_data(out: Path) -> Path:
 def test_demo_quick_report_matches_the_runs(tmp_path):
     data = fixture_data(tmp_path / "data")
     out = tmp_path / "demo"
-    # one seed: the protocol end to end at half the jobs (what 2+ seeds decide is the findings
-    # tests' and the plan tests')
+    # one seed: the protocol end to end with the fewest jobs (what 2+ seeds decide is the
+    # findings tests' and the plan tests'); two 1-rank launches at once, as the budget says
     proc = subprocess.run([sys.executable, "-m", "rtune_ds", "demo", "--quick", "--seeds", "1",
-                           "--out", str(out), "--data", str(data), "--nproc", "2"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=1200)
+                           "--out", str(out), "--data", str(data)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    for name in ("report.md", "report.json", "results.png", "convergence.png", "pretraining.png",
-                 "compat.png", "connectivity.png", "similarity.png"):
+    for name in ("report.md", "report.json", "contrasts.png", "convergence.png",
+                 "pretraining.png", "compat.png", "connectivity.png", "similarity.png"):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
     runs = out / "runs"
     assert not any(x["reused"] for x in report["jobs"])
-    v1 = json.loads((out / "runs" / "v1" / "summary.json").read_text())
+    assert report["workers"] == 2 and [w["ran"] for w in report["waves"]] == \
+        [w["jobs"] for w in report["waves"]]
+    v1 = json.loads((runs / "v1" / "summary.json").read_text())
     assert report["precision"] == {"chosen": v1["precision"], "why": v1["precision_why"]}
     assert v1["precision_why"].startswith("auto: ")  # the budget leaves it to the hardware
     for job in report["jobs"]:  # every run dir has its own TensorBoard events
-        if job["name"] not in ("similarity",) and not job["name"].startswith("compat-"):
+        if not job["name"].startswith(("similarity", "compat-")):
             assert list((runs / job["name"] / "tensorboard").glob("**/events.*")), job
 
-    # the grid chose, per regime, the LR of its best dev accuracy, and every arm used it
-    for regime, rows in report["grid"].items():
-        best = max(rows, key=lambda r: r["dev"])
-        assert report["chosen_lr"][regime] == best["lr"]
-        for name, r in report["runs"].items():
-            if r["base"] == "v1" and r["regime"] == regime and r["method"] != "compat":
-                lineage = json.loads((runs / name / "final" / "lineage.json").read_text())
-                if "lr" not in r:
-                    assert lineage["config"]["train"]["lr"] == best["lr"], name
-    # every tuned / recycled run: the report's numbers are its summary.json or compat.json values
+    # the grid chose, per arm, the LR of its best dev accuracy, and the arm's seed-1 run used it
+    for row in report["grid"]:
+        best = max((r for r in report["grid"] if r["arm"] == row["arm"]),
+                   key=lambda r: (r["dev"], -r["lr"]))
+        assert report["chosen_lr"][row["regime"]][row["arm"]] == best["lr"]
+    for name in ARMS:
+        lineage = json.loads((runs / f"few-{name.replace('+', '_')}-s1" / "final" /
+                              "lineage.json").read_text())
+        assert lineage["config"]["train"]["lr"] == report["chosen_lr"]["few"][name], name
+    # every run's numbers are its files', and its predictions give its test accuracy
+    correct, test_files = {}, set()
     for name, r in report["runs"].items():
+        preds = json.loads((runs / name / "test_predictions.json").read_text())
+        correct[name] = [int(g == p) for g, p in zip(preds["gold"], preds["predicted"])]
+        test_files.add((preds["file"], preds["sha256"]))
         if r["source"] == "compat.json":
             c = json.loads((runs / name / "compat.json").read_text())
             assert (r["dev"], r["test"]) == (c["dev"]["accuracy"], c["test"]["accuracy"])
-            assert r["old_dev"] == c["old_metrics"]["dev"]["eval/accuracy"]
         else:
             s = json.loads((runs / name / "summary.json").read_text())
             assert (r["dev"], r["test"]) == (s["metrics"]["dev"]["eval/accuracy"],
                                              s["metrics"]["test"]["eval/accuracy"])
-            assert r["majority"] == s["metrics"]["dev_majority_baseline"]
-            cap = json.loads((runs / name / "final" / "lineage.json").read_text())[
-                "config"]["train"]["max_steps"]
-            assert r["early_stopped"] == s["early_stopped"] == (s["step"] < cap), name
-    # the table's rows are means of those runs; each arm has every seed in both regimes
-    for row in report["table"]:
-        tests = [report["runs"][n]["test"] for n in row["runs"]]
-        assert row["test_per_seed"] == tests
-        assert row["test_mean"] == pytest.approx(statistics.fmean(tests), abs=0)
-    arms = {row["run"]: row for row in report["table"] if row["run"].startswith("v1 · ")}
-    assert len(arms) == 8 and all(r["seeds"] == [1] for r in arms.values())
-    f = report["findings"]
-    assert f["distill_beats_vanilla_few_shot"]["evidence"]["distill_test"] == \
-        arms["v1 · distill · few-shot"]["test_mean"]
-    conn = json.loads((runs / "connectivity" / "connectivity.json").read_text())
-    assert f["mode_connectivity"]["evidence"]["barrier_main"] == \
-        conn["pairs"]["main"]["barrier"]["accuracy"]
-    sim = json.loads((runs / "similarity" / "similarity.json").read_text())
-    assert f["similar_attention_heads"]["evidence"]["js_main"] == sim["pairs"]["main"]["mean"]
-    # compat along v1's run: v0 itself, the exports, the final weights
-    points = [p["point"] for p in report["compat_curve"]["full"]]
-    assert points == [0.0, 0.25, 0.5, 0.75, 1.0]
-    final = json.loads((runs / "compat-full-100" / "compat.json").read_text())
-    assert f["compat_far_above_chance"]["evidence"]["full"]["compat_dev"] == \
-        final["dev"]["accuracy"]
-    start = json.loads((runs / "compat-full-0" / "compat.json").read_text())
-    assert start["dev"]["accuracy"] == start["old_metrics"]["dev"]["eval/accuracy"]  # v0 = itself
-    for key in F.CLAIMS:
-        assert f[key]["reproduced"] in ("yes", "no", "partly"), key
+        assert r["test"] == pytest.approx(statistics.fmean(correct[name])), name
+    assert len(test_files) == 1  # one test set: every contrast is paired item by item
+    # each contrast is the paired difference of its runs' predictions
+    c = report["contrasts"]
+    pairs = {"init − vanilla (few)": ("few-init-s1", "few-vanilla-s1"),
+             "v1 − v0 (few)": ("few-vanilla-s1", "few-v0-s1"),
+             "init − compat (few)": ("few-init-s1", "compat-s1-at100")}
+    for key, (a, b) in pairs.items():
+        want = statistics.fmean(x - y for x, y in zip(correct[a], correct[b]))
+        assert c[key]["difference"] == pytest.approx(want), key
+        assert c[key]["ci_low"] <= c[key]["difference"] <= c[key]["ci_high"]
+        assert c[key]["verdict"] in ("reproduced", "contradicted", "inconclusive",
+                                     "blocked (no upgrade)")
+    # the gate's numbers are v1's evals and the bundles' compat runs
+    gate = report["gate"]["evidence"]
+    evals = [json.loads(x) for x in (runs / "v1" / "metrics.jsonl").read_text().splitlines()
+             if "eval/loss/computing" in x]
+    assert gate["loss_first"]["computing"] == evals[0]["eval/loss/computing"]
+    assert gate["loss_last"]["computing"] == v1["final_eval"]["eval/loss/computing"]
+    blocked = [t for k, t in c.items() if t["verdict"] == "blocked (no upgrade)"]
+    assert bool(blocked) == (not report["gate"]["passed"])
     # convergence comes from the runs' metrics.jsonl
-    pair = report["convergence"]["pairs"][0]
-    vanilla = [json.loads(x) for x in (runs / pair["runs"]["vanilla"] / "metrics.jsonl")
+    vanilla = [json.loads(x) for x in (runs / "few-vanilla-s1" / "metrics.jsonl")
                .read_text().splitlines()]
-    assert pair["vanilla_best"] == max(x["eval/accuracy"] for x in vanilla if "eval/accuracy" in x)
+    for e in report["convergence"]["few"]["init"]["per_seed"]:
+        assert e["target"] == max(x["eval/accuracy"] for x in vanilla if "eval/accuracy" in x)
+    conn = json.loads((runs / "connectivity" / "connectivity.json").read_text())
+    assert report["analyses"]["connectivity"]["main"] == conn["pairs"]["main"]["barrier"]["accuracy"]
+    floor = json.loads((runs / "connectivity-floor" / "connectivity.json").read_text())
+    assert report["analyses"]["connectivity"]["floor"] == \
+        floor["pairs"]["main"]["barrier"]["accuracy"]
+    points = [p["point"] for p in report["compat_curve"]]
+    assert points == [0.0, 0.25, 0.5, 0.75, 1.0]
+    start = json.loads((runs / "compat-s1-at0" / "compat.json").read_text())
+    assert start["dev"]["accuracy"] == start["old_metrics"]["dev"]["eval/accuracy"]  # v0 = itself
     md = (out / "report.md").read_text()
-    for row in report["table"]:
-        assert (f"| {row['task']} | {row['run']} | {row['dev_mean']:.3f} | "
-                f"{row['test_mean']:.3f}") in md
-    assert "## Protocol" in md and "## Wall time per phase" in md
+    for heading in ("## In short", "## Protocol", "## The upgrade gate", "## Contrasts",
+                    "## Convergence", "## Analyses", "## Wall time per phase"):
+        assert heading in md, heading
+    for key, t in c.items():
+        assert f"| {key} |" in md and f"{t['difference']:+.3f}" in md
 
     # a second run reuses every finished job and rewrites the same numbers
     again = subprocess.run([sys.executable, "-m", "rtune_ds", "demo", "--quick", "--seeds", "1",
-                            "--out", str(out), "--data", str(data)], cwd=ROOT, capture_output=True,
-                           text=True, timeout=300)
+                            "--out", str(out), "--data", str(data)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-4000:]
     second = json.loads((out / "report.json").read_text())
     assert all(x["reused"] for x in second["jobs"])
-    assert second["table"] == report["table"]
+    assert second["table"] == report["table"] and second["contrasts"] == report["contrasts"]
     # another budget into the same OUT is refused before any launch or download
     other = subprocess.run([sys.executable, "-m", "rtune_ds", "demo", "--out", str(out), "--data",
                             str(data)], cwd=ROOT, capture_output=True, text=True, timeout=300)

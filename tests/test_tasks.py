@@ -40,6 +40,10 @@ def test_build_tasks_rules(tmp_path):
     fol = described["foldoc_category"]
     assert fol["classes"] == ["language", "programming"]  # first name of "language, humour"
     assert sum(fol["records"].values()) == 270
+    fol_rows = {s: [json.loads(l) for l in (out / f"foldoc_category_{s}.jsonl").read_text()
+                    .splitlines()] for s in ("train", "dev", "test")}
+    assert all(split_of(r["text"], (0.55, 0.75)) == s for s, rs in fol_rows.items() for r in rs)
+    assert 0.15 < fol["records"]["test"] / 270 < 0.35  # a quarter: the study's large test set
     meta = json.loads((out / "tasks.json").read_text())
     assert "sha256" in meta["rules"] and set(meta["tasks"]) == {"supersense", "foldoc_category"}
     # deterministic: a second build writes the same files

@@ -11,8 +11,10 @@ Rules, the same for both (`RULES` below; written to tasks.json):
 2. dedup: one record per distinct text; a text seen with two different labels is dropped;
 3. classes: the `max_classes` most frequent labels with at least `min_count` records (ties broken
    by name); records of other labels are dropped;
-4. split: by sha256 of the text: the first 8 hex digits / 16^8 < 0.8 -> train, < 0.9 -> dev,
-   else test. Stable across runs, machines and corpus order; a text is never in two splits;
+4. split: by sha256 of the text: h = the first 8 hex digits / 16^8; supersense: h < 0.8 ->
+   train, < 0.9 -> dev, else test; foldoc_category (4.5k records): h < 0.55 -> train, < 0.75 ->
+   dev, else test, so that its test split holds over 1,000 records (the study's paired tests need
+   them). Stable across runs, machines and corpus order; a text is never in two splits;
 5. dev and test are cut to `max_eval` records (those with the smallest hash), to keep evaluation
    cheap; train is kept whole. Records keep corpus order within a split.
 
@@ -29,11 +31,11 @@ from pathlib import Path
 from rtune_ds.io import save_json, save_jsonl
 
 TASKS = {
-    # name: (corpus file, label field, max_classes, min_count)
-    "supersense": ("general.jsonl", "lexname", 16, 200),
-    "foldoc_category": ("computing.jsonl", "category", 12, 100),
+    # name: (corpus file, label field, max_classes, min_count, the splits' upper bounds of h)
+    "supersense": ("general.jsonl", "lexname", 16, 200, (0.8, 0.9)),
+    "foldoc_category": ("computing.jsonl", "category", 12, 100, (0.55, 0.75)),
 }
-SPLITS = (("train", 0.8), ("dev", 0.9), ("test", 1.0))
+SPLIT_NAMES = ("train", "dev", "test")
 MAX_EVAL = 2000
 RULES = __doc__.split("Rules, the same for both", 1)[1].split("Output:", 1)[0].strip()
 
@@ -42,9 +44,10 @@ def text_hash(text: str) -> float:
     return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 16**8
 
 
-def split_of(text: str) -> str:
+def split_of(text: str, bounds: tuple[float, float] = (0.8, 0.9)) -> str:
+    """train below bounds[0], dev below bounds[1], else test."""
     h = text_hash(text)
-    return next(name for name, upper in SPLITS if h < upper)
+    return "train" if h < bounds[0] else "dev" if h < bounds[1] else "test"
 
 
 def _label(value, field: str) -> str | None:
@@ -57,6 +60,7 @@ def _label(value, field: str) -> str | None:
 
 
 def build_task(corpus: Path, field: str, max_classes: int, min_count: int,
+               bounds: tuple[float, float] = (0.8, 0.9),
                max_eval: int = MAX_EVAL) -> tuple[dict[str, list[dict]], dict]:
     """(records per split, description) of one task from one corpus file."""
     labels_of: dict[str, set[str]] = {}
@@ -79,10 +83,10 @@ def build_task(corpus: Path, field: str, max_classes: int, min_count: int,
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     classes = sorted(name for name, n in ranked[:max_classes] if n >= min_count)
     keep = set(classes)
-    splits: dict[str, list[dict]] = {name: [] for name, _ in SPLITS}
+    splits: dict[str, list[dict]] = {name: [] for name in SPLIT_NAMES}
     for text, label in unique:
         if label in keep:
-            splits[split_of(text)].append({"text": text, "label": label})
+            splits[split_of(text, bounds)].append({"text": text, "label": label})
     for name in ("dev", "test"):
         if len(splits[name]) > max_eval:
             chosen = {r["text"] for r in sorted(splits[name], key=lambda r: text_hash(r["text"]))[:max_eval]}
@@ -95,20 +99,24 @@ def build_task(corpus: Path, field: str, max_classes: int, min_count: int,
                          for s, rows in splits.items()},
         "majority_baseline": {s: (max(Counter(r["label"] for r in rows).values()) / len(rows)
                                   if rows else None) for s, rows in splits.items()},
-        "max_classes": max_classes, "min_count": min_count, "max_eval": max_eval,
+        "max_classes": max_classes, "min_count": min_count, "split_bounds": list(bounds),
+        "max_eval": max_eval,
     }
     return splits, describe
 
 
-def build_tasks(corpora_dir: Path, out_dir: Path) -> dict:
-    """Write every task whose corpus is in `corpora_dir`; return {task: description}."""
+def build_tasks(corpora_dir: Path, out_dir: Path, limits: dict | None = None) -> dict:
+    """Write every task whose corpus is in `corpora_dir`; return {task: description}. `limits`
+    ({max_classes, min_count}) replaces every task's own (a toy-size study on small corpora)."""
     corpora_dir, out_dir = Path(corpora_dir), Path(out_dir)
     described = {}
-    for name, (file, field, max_classes, min_count) in TASKS.items():
+    for name, (file, field, max_classes, min_count, bounds) in TASKS.items():
         corpus = corpora_dir / file
         if not corpus.is_file():
             continue
-        splits, describe = build_task(corpus, field, max_classes, min_count)
+        if limits:
+            max_classes, min_count = limits["max_classes"], limits["min_count"]
+        splits, describe = build_task(corpus, field, max_classes, min_count, bounds)
         for split, rows in splits.items():
             save_jsonl(rows, out_dir / f"{name}_{split}.jsonl")
         described[name] = describe

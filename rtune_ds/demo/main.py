@@ -1,71 +1,83 @@
 """`rtune demo` as a protocol (the study it runs: the package docstring):
 
-1. check what needs no compute: the ranks, the seeds, the DeepSpeed JSON, v0 (--base-dir, or the
-   released model fetched and its files' sha256 checked), and that OUT holds no demo of another
-   budget;
-2. the data: prepared (or reused) and each task sampled to the budget in OUT/tasks;
-3. stage one: the RunConfigs in OUT/configs, then the bases and the LR grid in one launch; the
-   grid's best dev accuracy per regime chooses the LR of stage two, run in a second launch; a job
-   already done is reused, so a second demo continues the first;
-4. the report: every run read back, the findings judged, report.json, report.md and the plots.
+1. check what needs no compute: the ranks and workers, the seeds, the DeepSpeed JSON, v0
+   (--base-dir, or the released model fetched and its files' sha256 checked), and that OUT holds
+   no demo of another budget;
+2. the data: prepared (or reused), the tasks built and sampled to the budget in OUT/tasks, the
+   pretraining corpora decontaminated into OUT/corpora;
+3. the waves of the plan: each wave's jobs not done yet are spread over `workers` launches that
+   run at once (a study of many small jobs gains more from running jobs side by side than from
+   ranks); once the grid has run, each arm's LR is its best dev accuracy on the calibration seed;
+   a job already done is reused, so a second demo continues the first;
+4. the report: every run read back, the gate and the contrasts judged, report.json, report.md and
+   the plots.
 """
 from __future__ import annotations
 
 import json
+import os
+import statistics
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from rtune_ds.demo import findings, render, results
-from rtune_ds.demo.data import data_dir, sample_tasks
+from rtune_ds.demo.data import data_dir, study_data
 from rtune_ds.demo.plan import (
+    ARMS,
     PLAN,
-    SECONDS,
+    REGIMES,
     Job,
     Planner,
+    arm,
+    compat,
     ds_config_path,
     load_budget,
+    reported_seeds,
+    run_name,
     write_configs,
 )
 from rtune_ds.errors import ConfigError
 from rtune_ds.hardware import cpu_info
 from rtune_ds.io import save_json
-from rtune_ds.launch import launcher_command, run_launch
+from rtune_ds.launch import launcher_command, run_launches
 from rtune_ds.models.released import RELEASED, check_manifest, fetch_released, file_digests
 
 
-def run(quick: bool, out: str, nproc: int, seeds: int | None, data: str | None,
-        ds_config: str | None, base_dir: str | None, command: str) -> dict:
+def run(profile: str, out: str, nproc: int | None, workers: int | None, seeds: int | None,
+        data: str | None, ds_config: str | None, base_dir: str | None, command: str) -> dict:
     """The whole demo into `out`; returns the report (also printed as markdown)."""
     start = time.time()
-    if nproc < 1:
-        raise ConfigError(f"--nproc {nproc}: must be >= 1")
-    budget = load_budget(quick, seeds)
+    budget = load_budget(profile, seeds)
+    nproc, workers = nproc or budget["nproc"], workers or budget["workers"]
+    for flag, value in (("--nproc", nproc), ("--workers", workers)):
+        if value < 1:
+            raise ConfigError(f"{flag} {value}: must be >= 1")
     ds = ds_config_path(ds_config, budget)
     out_dir = Path(out).resolve()
     check_budget_unchanged(out_dir, {**budget, "base_dir": base_dir})
     base_dir, base = base_of(budget, base_dir)
 
     data_path = data_dir(out_dir, data)
-    counts = sample_tasks(data_path, out_dir / "tasks", budget["tasks"])
-    planner = Planner(budget, out_dir, write_configs(budget, data_path, out_dir, ds, base_dir),
-                      base_dir)
+    prepared = study_data(data_path, out_dir, budget["tasks"], budget.get("task_limits"))
+    planner = Planner(budget, out_dir,
+                      write_configs(budget, out_dir / "corpora", out_dir, ds, base_dir), base_dir)
     todo: set[str] = set()
-    first = planner.stage_one()
-    todo |= run_stage(first, out_dir, nproc)
-    lrs = results.chosen_lrs(results.read_results(first), budget["tune"]["lr_grid"])
-    jobs = planner.stage_one(lrs) + planner.stage_two(lrs)
-    todo |= run_stage(jobs, out_dir, nproc)
-    seconds_path = out_dir / SECONDS
-    seconds = json.loads(seconds_path.read_text()) if seconds_path.is_file() else {}
-
+    timed = []
+    for name, wave in planner.waves():
+        todo |= run_wave(name, wave, out_dir, nproc, workers, timed)
+    lrs = results.chosen_lrs(results.read_results([j for _, w in planner.waves() for j in w]),
+                             budget["tune"]["lr_grid"])
+    waves = planner.waves(lrs)
+    todo |= run_wave(*waves[-1], out_dir, nproc, workers, timed)
+    jobs = [j for _, wave in waves for j in wave]
     meta = {"command": command, "profile": budget["profile"], "nproc": nproc,
-            "seeds": budget["seeds"], "ds_config": ds, "data": str(data_path), "base": base,
-            "task_records": counts, "chosen_lr": lrs,
+            "workers": workers, "seeds": budget["seeds"], "ds_config": ds,
+            "data": str(data_path), "base": base, **prepared, "chosen_lr": lrs,
             "jobs": [{"name": j.name, "command": j.command(), "reused": j.name not in todo,
-                      "seconds": seconds.get(j.name)} for j in jobs],
-            "wall_time_s": time.time() - start, "budget": budget}
+                      "seconds": results.job_seconds(j)} for j in jobs],
+            "waves": timed, "wall_time_s": time.time() - start, "budget": budget}
     report = build_report(jobs, out_dir, meta)
     print(render.markdown(report))
     print(f"rtune demo: report -> {out_dir / 'report.md'} ({report['wall_time_s']:.0f} s)",
@@ -92,11 +104,32 @@ def base_of(budget: dict, base_dir: str | None) -> tuple[str | None, dict]:
     return None, {"source": "pretrained here", "preset": budget["base"]["preset"]}
 
 
-def run_stage(jobs: list[Job], out: Path, nproc: int) -> set[str]:
-    """Launch the jobs not done yet (one deepspeed launch); returns their names."""
+def run_wave(name: str, jobs: list[Job], out: Path, nproc: int, workers: int,
+             timed: list[dict]) -> set[str]:
+    """Launch the jobs not done yet, spread over at most `workers` launches of `nproc` ranks that
+    run at once (the largest jobs first, each to the launch with the least work; each launch
+    keeps the plan's order); appends the wave's wall time to `timed`; returns their names."""
+    t0 = time.time()
     todo = [j for j in jobs if not j.is_done()]
-    if todo:
-        launch(todo, out, nproc)
+    timed.append({"name": name, "jobs": len(jobs), "ran": len(todo), "wall_s": 0.0})
+    if not todo:
+        return set()
+    shares: list[list[Job]] = [[] for _ in range(min(workers, len(todo)))]
+    loads = [0.0] * len(shares)
+    for job in sorted(todo, key=lambda j: -j.cost):
+        k = loads.index(min(loads))
+        shares[k].append(job)
+        loads[k] += job.cost
+    launches = []
+    for k, share in enumerate(shares):
+        plan = out / (PLAN if len(shares) == 1 else f"plan-{k}.json")
+        share.sort(key=todo.index)
+        save_json({"jobs": [asdict(j) for j in share]}, plan)
+        launches.append((launcher_command(nproc, ["demo", "--run-plan", str(plan)]),
+                         f"demo (plan {plan})"))
+    cores = len(os.sched_getaffinity(0))
+    run_launches(launches, max(1, cores // (len(launches) * nproc)))
+    timed[-1]["wall_s"] = round(time.time() - t0, 1)
     return {j.name for j in todo}
 
 
@@ -114,51 +147,49 @@ def check_budget_unchanged(out: Path, budget: dict) -> None:
         save_json({"budget": budget}, path)
 
 
-def launch(todo: list[Job], out: Path, nproc: int) -> None:
-    """The jobs in `todo`, in one deepspeed launch of `rtune demo --run-plan OUT/plan.json`."""
-    plan = out / PLAN
-    save_json({"jobs": [asdict(j) for j in todo]}, plan)
-    run_launch(launcher_command(nproc, ["demo", "--run-plan", str(plan)]), f"demo (plan {plan})")
-
-
 def build_report(jobs: list[Job], out: Path, meta: dict) -> dict:
-    """Read every run, judge the findings, write the report files (demo.render)."""
-    runs = out / "runs"
+    """Read every run, judge the gate and the contrasts, write the report files (demo.render)."""
+    runs, b = out / "runs", meta["budget"]
     found = results.read_results(jobs)
     logs = results.read_logs(jobs, found)
-    rows = results.table(found)
-    curve = results.compat_curve(found)
-    conv = results.convergence(found, logs, meta["budget"]["tune"]["global_batch_size"])
     pre = results.pretraining(runs)
-    conn, sim = results.analyses(runs)
+    seeds = list(reported_seeds(b))
+    regimes = [r for r in REGIMES if r in b["regimes"]]
+    gate = findings.upgrade_gate(pre.get("v1"), results.gate_bundles(found, seeds), b["gate"])
+    by_arm = {regime: {name: results.of_arm(found, name, regime, seeds) for name in ARMS}
+              for regime in regimes}
+    complete = {regime: {name: rs for name, rs in arms.items() if len(rs) == len(seeds)}
+                for regime, arms in by_arm.items()}
+    compat_runs = [found[run_name(compat(s))] for s in seeds]
+    tested = findings.contrasts(
+        {regime: {name: [r["correct"] for r in rs] for name, rs in arms.items()}
+         for regime, arms in complete.items()},
+        {regime: {name: statistics.fmean(r["dev"] for r in rs) for name, rs in arms.items()}
+         for regime, arms in complete.items()},
+        [r["correct"] for r in compat_runs],
+        results.chance_correct(out / "tasks", compat_runs[0]), gate)
+    conv = {regime: findings.convergence(
+        {name: {r["seed"]: results.dev_curve(logs[run_name(arm(name, regime, r["seed"]))])
+                for r in rs} for name, rs in arms.items()},
+        b["tune"][regime]["max_steps"], b["tune"]["global_batch_size"])
+        for regime, arms in complete.items()}
+    found_analyses = results.analyses(runs)
     v1 = json.loads((runs / "v1" / "summary.json").read_text())
     report = {**meta, "cpu": cpu_info()["model"],
               "precision": {"chosen": v1["precision"], "why": v1.get("precision_why")},
-              "pretraining": pre, "runs": found, "grid": results.grid_table(found),
-              "table": rows, "compat_curve": curve, "convergence": conv,
-              "phases": phases(jobs, meta),
-              "connectivity": {n: {"barrier": p["barrier"], "curve": p["curve"]}
-                               for n, p in conn.get("pairs", {}).items()},
-              "similarity": {n: {"mean": p["mean"], "per_layer": p["per_layer"]}
-                             for n, p in sim.get("pairs", {}).items()},
-              "findings": findings.findings(rows, found, curve, conv, pre, conn, sim)}
-    return render.write_report(report, logs, conn, sim, out)
+              "pretraining": pre, "gate": gate,
+              "runs": {n: {k: v for k, v in r.items() if k not in ("correct", "gold")}
+                       for n, r in found.items()},
+              "grid": results.grid_table(found), "table": results.table(found, regimes, seeds),
+              "compat_curve": results.compat_curve(found), "contrasts": tested,
+              "convergence": conv, "analyses": findings.analyses_summary(found_analyses),
+              "phases": phases(jobs, meta)}
+    return render.write_report(report, logs, found_analyses, out)
 
 
 def phases(jobs: list[Job], meta: dict) -> dict[str, float]:
-    """Seconds per phase of the study (from seconds.json: a job's time when it ran, whichever
-    demo run that was); the rest of this run's wall time is launching, data and the report."""
-    seconds = {j["name"]: j["seconds"] or 0.0 for j in meta["jobs"]}
-    out: dict[str, float] = {}
-    for job in jobs:
-        i = job.info
-        phase = ("pretraining (v0 / v1 / rand)" if i["kind"] == "pretrain"
-                 else "analyses" if i["kind"] == "analysis"
-                 else "compat along v1" if i.get("method") == "compat"
-                 else "LR grid (vanilla, seed 1)" if "lr" in i
-                 else "tuning on v0 and the controls" if i["base"] != "v1"
-                 else f"recycling arms, {i['regime']}")
-        out[phase] = out.get(phase, 0.0) + seconds[job.name]
-    ran = sum(seconds[j["name"]] for j in meta["jobs"] if not j["reused"])
-    out["launches, data, report (this run)"] = max(0.0, meta["wall_time_s"] - ran)
+    """The wall time of each wave as it ran in this demo run (a wave of reused jobs: 0), and the
+    rest of the run's wall time: data, configs and the report."""
+    out = {w["name"]: w["wall_s"] for w in meta["waves"]}
+    out["data, configs, report (this run)"] = max(0.0, meta["wall_time_s"] - sum(out.values()))
     return out

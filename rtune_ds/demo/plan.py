@@ -3,9 +3,17 @@ A job is data: an `rtune` command line (the command and its options, a RunConfig
 overrides), so the plan can be written to a file, run inside a launch through the CLI's table of
 commands, and shown as the command line that reruns any job on its own.
 
-The jobs come in two stages: the first makes the bases (v0 when it is pretrained here, v1, rand)
-and runs the vanilla LR grid; the second, planned once the grid has chosen an LR per data regime,
-runs everything that uses that LR."""
+The jobs come in waves; the jobs of a wave depend only on earlier waves, so a wave's jobs can run
+at once (demo.main spreads them over its workers):
+1. v0, when it is pretrained here (--quick);
+2. v1 (continual pretraining of v0), rand (v0's architecture drawn at random), and the bundles:
+   v0 tuned on the new task with full data, one per seed (seed 0 is the calibration seed);
+3. what needs v1 and the bundles: compat of every bundle on v1, compat of bundle 1 along v1's run,
+   the LR grid (every arm on the calibration seed at every LR of the grid), and the models the
+   analyses compare (v1 and rand tuned like the bundles);
+4. planned once the grid has chosen each arm's LR: every arm of every reported seed, and the
+   analyses.
+"""
 from __future__ import annotations
 
 import shlex
@@ -15,29 +23,33 @@ from pathlib import Path
 import yaml
 
 from rtune_ds.analysis.pairs import pair_args
-from rtune_ds.config.schema import RecyclingMethod, TuningMethod
+from rtune_ds.config.schema import RecyclingMethod
 from rtune_ds.errors import ConfigError
 from rtune_ds.io import save_yaml
 from rtune_ds.resources import DEMO_BUDGETS, DS_CONFIGS
 
 TASKS = {"supersense": "general", "foldoc_category": "computing"}  # task -> its domain
-OLD_TASK = "supersense"  # v0's own domain
 NEW_TASK = "foldoc_category"  # the domain v1 is continually pretrained on; recycling happens here
-REGIMES = ("full", "few")  # full data (a sampled train set) and few-shot (K per class)
-# the arms: plain tuning of v1, and every recycling method that tunes
-METHODS = ("vanilla", *(m for m in RecyclingMethod if m != RecyclingMethod.COMPAT))
-COMPAT_TUNINGS = (TuningMethod.FULL, TuningMethod.LORA)  # the v0 bundles scored on v1 untrained
+REGIMES = ("few", "full")  # few-shot (K per class: the paper's main regime) and full data
+RECYCLED = ("init", "distill", "init+distill")  # the recycling methods that tune
+# the tuned arms of a regime: v0 (plain tuning of v0, for v1 − v0), vanilla (plain tuning of v1)
+# and the recycling methods on v1
+ARMS = ("v0", "vanilla", *RECYCLED)
+CALIBRATION_SEED = 0  # chooses the LRs; never reported
 METRIC = "eval/accuracy"
-PLAN, SECONDS = "plan.json", "seconds.json"  # in OUT: the jobs of a launch, every job's seconds
+PLAN = "plan.json"  # in OUT: the jobs of a launch (plan-<worker>.json when several run at once)
+SECONDS = "demo_seconds.json"  # in a job's run dir: the seconds the job took
 
 
 # ---------------------------------------------------------------- the budget
 
-def load_budget(quick: bool, seeds: int | None, path: Path = DEMO_BUDGETS) -> dict:
-    """The `quick` or `main` budget of `path`, with its profile name and --seeds applied."""
+def load_budget(profile: str, seeds: int | None, path: Path = DEMO_BUDGETS) -> dict:
+    """The budget `profile` (quick, main or full) of `path`, with --seeds applied."""
     budgets = yaml.safe_load(path.read_text())
-    b = dict(budgets["quick" if quick else "main"])
-    b["profile"] = "quick" if quick else "main"
+    if profile not in budgets:
+        raise ConfigError(f"{path}: no budget '{profile}' (has {', '.join(budgets)})")
+    b = {k: v for k, v in budgets[profile].items()}
+    b["profile"] = profile
     if seeds is not None:
         if seeds < 1:
             raise ConfigError(f"--seeds {seeds}: must be >= 1")
@@ -66,56 +78,37 @@ def export_steps(b: dict) -> dict[float, int]:
     return {f: round(f * c["steps"]) for f in c["exports"]}
 
 
+def reported_seeds(b: dict) -> range:
+    return range(1, b["seeds"] + 1)
+
+
 # ---------------------------------------------------------------- the runs and their names
 
-def tuned(task: str, base: str, tuning: str = "full", regime: str = "full", seed: int = 1) -> dict:
-    """What the report knows of a plain tuning run (v1's is the vanilla of the recycling
-    comparison)."""
-    return {"kind": "finetune", "task": task, "base": base, "tuning": tuning, "regime": regime,
-            "seed": seed, "method": "vanilla" if base == "v1" else None}
+def bundle(seed: int, base: str = "v0") -> dict:
+    """`base` tuned on the new task with full data (v0's are the bundles recycled)."""
+    return {"kind": "bundle", "base": base, "seed": seed}
 
 
-def recycled(method: str, regime: str = "full", seed: int = 1, tuning: str = "full") -> dict:
-    """A run of the recycling comparison on the new task and v1: vanilla (plain tuning of v1),
-    init, distill or init+distill."""
-    if method == "vanilla":
-        return tuned(NEW_TASK, "v1", tuning, regime, seed)
-    return {"kind": "recycle", "task": NEW_TASK, "base": "v1", "tuning": tuning, "regime": regime,
-            "seed": seed, "method": method}
+def compat(seed: int, point: float = 1.0) -> dict:
+    """Bundle `seed` scored with no training on v1 at `point` of its continual pretraining (0: v0
+    itself, 1: v1's final weights)."""
+    return {"kind": "compat", "seed": seed, "point": point}
 
 
-def compat(tuning: str, point: float) -> dict:
-    """The v0 bundle of `tuning` scored with no training on v1 at `point` of its continual
-    pretraining (0: v0 itself, 1: v1's final weights)."""
-    return {"kind": "recycle", "task": NEW_TASK, "base": "v1", "tuning": tuning,
-            "regime": "full", "seed": 1, "method": RecyclingMethod.COMPAT, "point": point}
-
-
-def grid(regime: str, lr: float, chosen: bool) -> dict:
-    """A vanilla run of the LR grid (seed 1); the chosen one is vanilla's seed-1 run."""
-    info = recycled("vanilla", regime) if chosen else {**recycled("vanilla", regime),
-                                                       "kind": "grid"}
-    return {**info, "lr": lr}
-
-
-def setting(info: dict) -> dict:
-    """A run's info without its seed and LR: what the runs of one table row share."""
-    return {k: v for k, v in info.items() if k not in ("seed", "lr")}
+def arm(name: str, regime: str, seed: int, lr: float | None = None) -> dict:
+    """An arm of `regime` (ARMS) for seed `seed`; with `lr`, a run of the LR grid."""
+    info = {"kind": "arm", "arm": name, "regime": regime, "seed": seed}
+    return info if lr is None else {**info, "kind": "grid", "lr": lr}
 
 
 def run_name(info: dict) -> str:
-    """The run dir name (under OUT/runs) of a tuning or recycling run: the one place it is made.
-    Plain tuning: <task>-<base>-<tuning>-<regime>-s<seed>; the LR grid: grid-<regime>-lr<lr>;
-    compat: compat-<tuning>-<percent of v1's run>; the other recycling runs:
-    recycle-<method>-<regime>-s<seed>."""
-    if "lr" in info:
-        return f"grid-{info['regime']}-lr{info['lr']:g}"
-    if info["method"] == RecyclingMethod.COMPAT:
-        return f"compat-{info['tuning']}-{round(100 * info['point'])}"
-    seed = f"-s{info['seed']}"
-    if info["kind"] == "finetune" and info["method"] != "vanilla":
-        return f"{info['task']}-{info['base']}-{info['tuning']}-{info['regime']}{seed}"
-    return f"recycle-{info['method'].replace('+', '_')}-{info['regime']}{seed}"
+    """The run dir name (under OUT/runs) of a tuning or compat run: the one place it is made."""
+    if info["kind"] == "bundle":
+        return f"{info['base']}-tuned-s{info['seed']}"
+    if info["kind"] == "compat":
+        return f"compat-s{info['seed']}-at{round(100 * info['point'])}"
+    name = f"{info['regime']}-{info['arm'].replace('+', '_')}-s{info['seed']}"
+    return name if info["kind"] == "arm" else f"grid-{name}-lr{info['lr']:g}"
 
 
 # ---------------------------------------------------------------- the RunConfigs
@@ -123,7 +116,7 @@ def run_name(info: dict) -> str:
 def bases(b: dict, runs: Path, base_dir: str | None) -> dict[str, str]:
     """The HF directory of each base: v0 (--base-dir, the released model, or pretrained here
     from a preset), v1 and rand (made here)."""
-    v0 = base_dir or b["base"].get("path") or str(runs / "v0" / "final")
+    v0 = base_dir or str(runs / "v0" / "final")
     return {"v0": v0, "v1": str(runs / "v1" / "final"), "rand": str(runs / "rand" / "final")}
 
 
@@ -131,14 +124,15 @@ def pretrains_v0(b: dict, base_dir: str | None) -> bool:
     return base_dir is None and "preset" in b["base"]
 
 
-def pretrain_configs(b: dict, data: Path, runs: Path, ds: str,
+def pretrain_configs(b: dict, corpora: Path, runs: Path, ds: str,
                      base_dir: str | None) -> dict[str, dict]:
-    """The RunConfigs of v0 (when pretrained here), v1 and rand."""
+    """The RunConfigs of v0 (when pretrained here), v1 and rand; every corpus is a
+    decontaminated one (OUT/corpora)."""
     c, base = b["cpt"], bases(b, runs, base_dir)
     common_train = {"micro_batch_size": c["micro_batch_size"], "grad_accum": 1,
                     "eval_every": c["eval_every"], "eval_max_blocks": c["eval_max_blocks"],
                     "save_every": 0, "log_every": 5, "precision": b["precision"]}
-    general, computing = str(data / "general.jsonl"), str(data / "computing.jsonl")
+    general, computing = str(corpora / "general.jsonl"), str(corpora / "computing.jsonl")
     common = {"seed": 0, "deepspeed": ds,
               "data": {"train": [general], "seq_len": c["seq_len"],
                        "eval_fraction": c["eval_fraction"]}}
@@ -170,34 +164,37 @@ def pretrain_configs(b: dict, data: Path, runs: Path, ds: str,
     return configs
 
 
-def task_config(b: dict, task: str, tasks: Path, runs: Path, ds: str) -> dict:
-    """The RunConfig every tuning job of `task` starts from (the jobs override base, seed, LR and
-    the regime's keys)."""
+def task_config(b: dict, tasks: Path, runs: Path, ds: str) -> dict:
+    """The RunConfig every tuning job starts from (the jobs override base, seed, LR and the
+    regime's keys); distillation's α and T are the budget's."""
     t = b["tune"]
-    return {"run_dir": str(runs / f"{task}-template"), "seed": 1, "deepspeed": ds,
+    return {"run_dir": str(runs / "task-template"), "seed": 1, "deepspeed": ds,
             "model": {"path": str(runs / "v1" / "final")},
-            "task": {"type": "classification", "train": str(tasks / f"{task}_train.jsonl"),
-                     "dev": str(tasks / f"{task}_dev.jsonl"),
-                     "test": str(tasks / f"{task}_test.jsonl"), "max_len": t["max_len"]},
-            "tuning": {"method": "full", "lora": {"r": t["lora_r"], "alpha": t["lora_alpha"]}},
+            "task": {"type": "classification", "train": str(tasks / f"{NEW_TASK}_train.jsonl"),
+                     "dev": str(tasks / f"{NEW_TASK}_dev.jsonl"),
+                     "test": str(tasks / f"{NEW_TASK}_test.jsonl"), "max_len": t["max_len"]},
+            "tuning": {"method": "full"},
+            "distill": dict(t["distill"]),
             "train": {"micro_batch_size": t["micro_batch_size"],
-                      "global_batch_size": t["global_batch_size"],
-                      "warmup_steps": t["warmup_steps"], "save_every": 0, "log_every": 5,
-                      "precision": b["precision"], **regime_keys(b, "full")}}
+                      "global_batch_size": t["global_batch_size"], "save_every": 0,
+                      "log_every": 5, "precision": b["precision"],
+                      "min_lr_ratio": t["min_lr_ratio"]}}
 
 
-def regime_keys(b: dict, regime: str) -> dict:
-    """The train keys of a data regime: the step cap, the eval interval and the patience."""
+def budget_keys(b: dict, regime: str) -> dict:
+    """The train keys of a fixed budget: the steps, the eval interval, a warmup of the budget's
+    fraction of the steps; the cosine decay spans the rest (demo.yaml: tune.<regime>)."""
     r = b["tune"][regime]
-    return {"max_steps": r["max_steps"], "eval_every": r["eval_every"], "patience": r["patience"]}
+    return {"max_steps": r["max_steps"], "eval_every": r["eval_every"],
+            "warmup_steps": round(b["tune"]["warmup_fraction"] * r["max_steps"])}
 
 
-def write_configs(b: dict, data: Path, out: Path, ds: str, base_dir: str | None) -> Path:
-    """OUT/configs/{v0,v1,rand,<task>}.yaml (rewritten on every demo run); returns the dir."""
+def write_configs(b: dict, corpora: Path, out: Path, ds: str, base_dir: str | None) -> Path:
+    """OUT/configs/{v0,v1,rand,task}.yaml (rewritten on every demo run); returns the dir."""
     configs, runs = out / "configs", out / "runs"
     configs.mkdir(parents=True, exist_ok=True)
-    for name, cfg in {**pretrain_configs(b, data, runs, ds, base_dir),
-                      **{t: task_config(b, t, out / "tasks", runs, ds) for t in TASKS}}.items():
+    for name, cfg in {**pretrain_configs(b, corpora, runs, ds, base_dir),
+                      "task": task_config(b, out / "tasks", runs, ds)}.items():
         save_yaml(cfg, configs / f"{name}.yaml")
     return configs
 
@@ -208,7 +205,8 @@ def write_configs(b: dict, data: Path, out: Path, ds: str, base_dir: str | None)
 class Job:
     """One step: the `rtune` command `args` (its options) run into `run_dir` (OUT/runs/<name>)
     with the RunConfig `config` and the dotted `overrides`; done when `done` exists there. `info`
-    is what the report groups by."""
+    is what the report groups by; `cost` the work it does (training steps × tokens), by which
+    the jobs of a wave are spread over the workers."""
     name: str
     args: list[str]  # e.g. ["recycle", "--method", "init", "--bundle", ...]
     run_dir: str
@@ -216,6 +214,7 @@ class Job:
     overrides: list[str]
     done: str
     info: dict = field(default_factory=dict)
+    cost: float = 1.0
 
     def is_done(self) -> bool:
         return (Path(self.run_dir) / self.done).is_file()
@@ -233,89 +232,109 @@ class Planner:
 
     def __init__(self, b: dict, out: Path, configs: Path, base_dir: str | None = None):
         self.b, self.runs, self.configs, self.base_dir = b, out / "runs", configs, base_dir
+        self.tasks = out / "tasks"
         self.base = bases(b, self.runs, base_dir)
 
     def final(self, info: dict) -> str:
         return str(self.runs / run_name(info) / "final")
 
-    def config(self, name: str) -> str:
-        return str(self.configs / f"{name}.yaml")
-
     def regime(self, regime: str) -> list[str]:
-        keys = regime_keys(self.b, regime)
-        few = [f"task.few_shot={self.b['tune']['few_shot']}"] if regime == "few" else []
-        return few + [f"train.{k}={v}" for k, v in keys.items()]
+        """Overrides of a data regime: few-shot draws K per class from the train split and from
+        the dev pool (never the dev records that chose the bundles)."""
+        few = ([f"task.few_shot={self.b['tune']['few_shot']}",
+                f"task.dev={self.tasks / f'{NEW_TASK}_dev_pool.jsonl'}"] if regime == "few"
+               else [])
+        return few + [f"train.{k}={v}" for k, v in budget_keys(self.b, regime).items()]
 
-    def tune(self, info: dict, lr: float) -> Job:
-        name, lora = run_name(info), info["tuning"] == TuningMethod.LORA
-        return Job(name, ["finetune", "--resume", "auto"], str(self.runs / name),
-                   self.config(info["task"]),
-                   [f"model.path={self.base[info['base']]}", f"seed={info['seed']}",
-                    *(["tuning.method=lora"] if lora else []), *self.regime(info["regime"]),
-                    f"train.lr={lr}"], "summary.json", info=info)
+    def cost(self, regime: str) -> float:
+        t = self.b["tune"]
+        return t[regime]["max_steps"] * t["global_batch_size"] * t["max_len"]
 
-    def recycle(self, info: dict, bundle: str, base: str, lr: float | None = None) -> Job:
+    def tune(self, info: dict, base: str, regime: str, lr: float) -> Job:
         name = run_name(info)
-        overrides = [f"seed={info['seed']}", *self.regime(info["regime"])]
-        if lr is not None:
-            overrides.append(f"train.lr={lr}")
-        # compat at 0% of v1's run scores the v0 bundle on v0 itself: the curve's starting point
-        same_base = info["method"] == RecyclingMethod.COMPAT and info["point"] == 0.0
-        args = ["recycle", "--method", info["method"], "--bundle", bundle, "--base", base,
+        return Job(name, ["finetune", "--resume", "auto"], str(self.runs / name),
+                   str(self.configs / "task.yaml"),
+                   [f"model.path={self.base[base]}", f"seed={info['seed']}",
+                    *self.regime(regime), f"train.lr={lr}"], "summary.json", info,
+                   self.cost(regime))
+
+    def recycle(self, info: dict, method: str, seed: int, base: str, regime: str = "full",
+                lr: float | None = None) -> Job:
+        name, is_compat = run_name(info), method == RecyclingMethod.COMPAT
+        old = self.final(bundle(seed))
+        # compat at 0% of v1's run scores the bundle on v0 itself: the curve's starting point
+        same_base = is_compat and info.get("point") == 0.0
+        args = ["recycle", "--method", method, "--bundle", old, "--base", base,
                 "--resume", "auto", *(["--force-same-base"] if same_base else [])]
-        return Job(name, args, str(self.runs / name), self.config(NEW_TASK), overrides,
-                   "compat.json" if info["method"] == RecyclingMethod.COMPAT else "summary.json",
-                   info)
+        overrides = [f"seed={seed}", *self.regime(regime),
+                     *([f"train.lr={lr}"] if lr is not None else [])]
+        return Job(name, args, str(self.runs / name), str(self.configs / "task.yaml"),
+                   overrides, "compat.json" if is_compat else "summary.json", info,
+                   0.05 * self.cost("full") if is_compat else self.cost(regime))
 
-    def stage_one(self, lrs: dict[str, float] | None = None) -> list[Job]:
-        """The bases, then the vanilla LR grid on v1 (seed 1, both regimes); with `lrs` (the
-        grid's choice per regime), the chosen grid runs are vanilla's seed-1 runs."""
-        names = (["v0"] if pretrains_v0(self.b, self.base_dir) else []) + ["v1", "rand"]
-        jobs = [Job(v, ["pretrain", "--resume", "auto"], str(self.runs / v), self.config(v), [],
-                    "final/config.json", {"kind": "pretrain"}) for v in names]
-        for regime in REGIMES:
-            for lr in self.b["tune"]["lr_grid"]:
-                info = grid(regime, lr, lrs is not None and lrs[regime] == lr)
-                jobs.append(self.tune(info, lr))
-        return jobs
+    def arm_job(self, info: dict, lr: float) -> Job:
+        name, regime, seed = info["arm"], info["regime"], info["seed"]
+        if name in ("v0", "vanilla"):
+            return self.tune(info, "v0" if name == "v0" else "v1", regime, lr)
+        return self.recycle(info, name, seed, self.base["v1"], regime, lr)
 
-    def stage_two(self, lrs: dict[str, float]) -> list[Job]:
-        """Everything that uses the chosen LRs, in order (later jobs read earlier ones' files)."""
-        b, seeds = self.b, range(1, self.b["seeds"] + 1)
-        jobs = []
-        # the bundles tuned on v0 for the new task (seed 1 of full data is the one recycled), and
-        # v0 against v1 in both regimes
-        for regime in REGIMES:
-            jobs += [self.tune(tuned(NEW_TASK, "v0", "full", regime, s), lrs[regime])
-                     for s in seeds]
-        jobs.append(self.tune(tuned(NEW_TASK, "v0", "lora"), b["tune"]["lora_lr"]))
-        # the controls: does pretraining help here? (full FT, full data, seed 1, both tasks)
-        jobs.append(self.tune(tuned(OLD_TASK, "v0"), lrs["full"]))
-        jobs += [self.tune(tuned(task, "rand"), lrs["full"]) for task in TASKS]
-        old = {"full": self.final(tuned(NEW_TASK, "v0")),
-               "lora": self.final(tuned(NEW_TASK, "v0", "lora"))}
-        # compat along v1's continual pretraining: v0 itself, its exports, its final weights
+    def regimes(self) -> list[str]:
+        return [r for r in REGIMES if r in self.b["regimes"]]
+
+    def waves(self, lrs: dict[str, dict[str, float]] | None = None
+              ) -> list[tuple[str, list[Job]]]:
+        """(name, jobs) of the waves before the grid has chosen (`lrs` None), or of every wave
+        with the chosen LRs ({regime: {arm: lr}})."""
+        b, seeds = self.b, [CALIBRATION_SEED, *reported_seeds(self.b)]
+        c = b["cpt"]
+        v0 = ([Job("v0", ["pretrain", "--resume", "auto"], str(self.runs / "v0"),
+                   str(self.configs / "v0.yaml"), [], "final/config.json",
+                   {"kind": "pretrain"}, b["base"]["steps"] * c["micro_batch_size"]
+                   * c["seq_len"])] if pretrains_v0(b, self.base_dir) else [])
+        bl = b["tune"]["bundle_lr"]
+        second = [Job(v, ["pretrain", "--resume", "auto"], str(self.runs / v),
+                      str(self.configs / f"{v}.yaml"), [], "final/config.json",
+                      {"kind": "pretrain"}, steps * c["micro_batch_size"] * c["seq_len"] * 2)
+                  for v, steps in (("v1", c["steps"] + c.get("head_warmup_steps", 0)),
+                                   ("rand", 1))]
+        second += [self.tune(bundle(s), "v0", "full", bl) for s in seeds]
         points = {0.0: self.base["v0"],
                   **{f: str(self.runs / "v1" / "exports" / f"step-{s}")
-                     for f, s in export_steps(b).items()}, 1.0: self.base["v1"]}
-        for tuning in COMPAT_TUNINGS:
-            jobs += [self.recycle(compat(tuning, point), old[tuning], base)
-                     for point, base in points.items()]
-        for regime in REGIMES:
-            jobs += [self.tune(recycled("vanilla", regime, s), lrs[regime]) for s in seeds
-                     if s > 1]  # seed 1: the chosen grid run
-            jobs += [self.recycle(recycled(m, regime, s), old["full"], self.base["v1"],
-                                  lrs[regime]) for m in METHODS[1:] for s in seeds]
-        # the analyses on the new task: A tuned on v0, B on v1; control: A against the one on rand
-        pairs = {"a": old["full"], "base_a": self.base["v0"],
-                 "b": self.final(grid("full", lrs["full"], True)), "base_b": self.base["v1"],
-                 "control_a": old["full"], "control_base_a": self.base["v0"],
-                 "control_b": self.final(tuned(NEW_TASK, "rand")),
-                 "control_base_b": self.base["rand"]}
-        a = b["analysis"]
+                     for f, s in export_steps(b).items()}}
+        third = [self.recycle(compat(s), RecyclingMethod.COMPAT, s, self.base["v1"])
+                 for s in seeds]
+        third += [self.recycle(compat(1, p), RecyclingMethod.COMPAT, 1, base)
+                  for p, base in points.items()]
+        third += [self.tune(bundle(1, base), base, "full", bl) for base in ("v1", "rand")]
+        third += [self.arm_job(arm(a, regime, CALIBRATION_SEED, lr), lr)
+                  for regime in self.regimes() for a in ARMS for lr in b["tune"]["lr_grid"]]
+        waves = [(name, jobs) for name, jobs in (
+            ("v0 pretrained here", v0), ("v1, rand and the v0 bundles", second),
+            ("compat, the LR grid, the analysed models", third)) if jobs]
+        if lrs is None:
+            return waves
+        fourth = [self.arm_job(arm(a, regime, s), lrs[regime][a])
+                  for regime in self.regimes() for a in ARMS for s in reported_seeds(b)]
+        return waves + [("the arms of every seed, the analyses", fourth + self.analyses())]
+
+    def analyses(self) -> list[Job]:
+        """Connectivity and head similarity of the models tuned on v0 and on v1 (bundle 1 and v1
+        tuned alike), against the ceiling (bundle 1 against rand tuned alike) as the control
+        pair; the floor is two seeds on one base (bundles 1 and 0), analysed on its own."""
+        v0_tuned, base = self.final(bundle(1)), self.base
+        pairs = {"": {"a": v0_tuned, "base_a": base["v0"], "b": self.final(bundle(1, "v1")),
+                      "base_b": base["v1"], "control_a": v0_tuned, "control_base_a": base["v0"],
+                      "control_b": self.final(bundle(1, "rand")),
+                      "control_base_b": base["rand"]},
+                 "-floor": {"a": v0_tuned, "base_a": base["v0"],
+                            "b": self.final(bundle(CALIBRATION_SEED)), "base_b": base["v0"]}}
+        a, jobs = self.b["analysis"], []
         for analysis, size in (("connectivity", ["--points", str(a["points"])]),
                                ("similarity", ["--max-examples", str(a["similarity_examples"])])):
-            jobs.append(Job(analysis, ["analyze", analysis, *pair_args(pairs), *size],
-                            str(self.runs / analysis), self.config(NEW_TASK), [],
-                            f"{analysis}.json", {"kind": "analysis"}))
+            for suffix, pair in pairs.items():
+                name = analysis + suffix
+                jobs.append(Job(name, ["analyze", analysis, *pair_args(pair), *size],
+                                str(self.runs / name), str(self.configs / "task.yaml"), [],
+                                f"{analysis}.json", {"kind": "analysis"},
+                                0.2 * self.cost("full")))
         return jobs

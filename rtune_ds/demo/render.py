@@ -1,21 +1,20 @@
-"""The demo's report: OUT/report.json (every number), OUT/report.md (tables and findings) and the
-PNG plots beside them (results, convergence, pretraining, connectivity, similarity). Every file
-goes through rtune_ds.io, so a reader never sees half of one."""
+"""The demo's report: OUT/report.json (every number), OUT/report.md (tables and verdicts) and the
+PNG plots beside them (contrasts, convergence, pretraining, compat, connectivity, similarity).
+Every file goes through rtune_ds.io, so a reader never sees half of one."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from rtune_ds.demo.plan import METHODS, NEW_TASK, TASKS
+from rtune_ds.demo.findings import BLOCKED
+from rtune_ds.demo.plan import ARMS, CALIBRATION_SEED, NEW_TASK, arm, run_name
 from rtune_ds.demo.results import REGIME_LABEL, dev_curve
 from rtune_ds.io import pyplot, save_figure, save_json, save_text
 from rtune_ds.report import markdown_table
 
 
-def write_report(report: dict, logs: dict[str, list[dict]], conn: dict, sim: dict,
-                 out: Path) -> dict:
+def write_report(report: dict, logs: dict[str, list[dict]], analyses: dict, out: Path) -> dict:
     """The plots (their names go into the report), then report.json and report.md."""
-    report["plots"] = plots(report, logs, conn, sim, out)
+    report["plots"] = plots(report, logs, analyses, out)
     save_json(report, out / "report.json")
     save_text(markdown(report), out / "report.md")
     return report
@@ -32,70 +31,168 @@ def fmt(x, digits: int = 3) -> str:
 
 
 def markdown(report: dict) -> str:
-    b, base = report["budget"], report["base"]
-    t = b["tune"]
+    base = report["base"]
     what = (f"v0 = `{base.get('origin', base['path'])}` as released (`{base['package']}` "
             f"{base['version']}, {base['licence']})" if base["source"] == "released" else
             f"v0 = `{base['path']}` (--base-dir)" if base["source"] == "--base-dir" else
             f"v0 = preset `{base['preset']}` pretrained here")
     lines = [
         f"# rtune demo ({report['profile']})", "",
-        f"{what}; {report['precision']['chosen']} ({report['precision']['why']}), "
-        f"{report['nproc']} ranks on {report['cpu']}, DeepSpeed `{report['ds_config']}`; "
-        f"wall time {report['wall_time_s']:.0f} s ({len(report['jobs'])} jobs, "
-        f"{sum(1 for x in report['jobs'] if x['reused'])} reused). Every number below is read "
-        "from the run directories under `runs/` (TensorBoard: `tensorboard --logdir runs`); the "
-        "sha256 of every file of v0 is in report.json (`base.sha256`).", ""]
+        f"{what}; {report['precision']['chosen']} ({report['precision']['why']}); "
+        f"{report['workers']} jobs at once × {report['nproc']} rank(s) on {report['cpu']}, "
+        f"DeepSpeed `{report['ds_config']}`; wall time {report['wall_time_s']:.0f} s "
+        f"({len(report['jobs'])} jobs, {sum(1 for x in report['jobs'] if x['reused'])} reused). "
+        "Every number below is read from the run directories under `runs/` (TensorBoard: "
+        "`tensorboard --logdir runs`); every run's per-item test predictions are its "
+        "`test_predictions.json`; the sha256 of every file of v0 is in report.json "
+        "(`base.sha256`).", ""]
+    lines += verdicts(report)
     lines += protocol(report)
     lines += pretraining_table(report["pretraining"])
-    lines += ["## Results", "",
-              f"Accuracy (dev: the kept best state's; test: scored once with it), mean over "
-              f"seeds (± sd), per seed in order of seed. Full data: {report['task_records']} "
-              f"records sampled per split; few-shot: {t['few_shot']} per class for train and dev "
-              "(seeded), the same test set.", ""]
-    lines += markdown_table(
-        ["task", "run", "dev acc", "test acc (mean ± sd)", "test per seed", "majority"],
-        ([r["task"], r["run"], fmt(r["dev_mean"]),
-          fmt(r["test_mean"]) + (f" ± {fmt(r['test_std'])}" if len(r["test_per_seed"]) > 1
-                                 else ""),
-          " / ".join(fmt(x) for x in r["test_per_seed"]), fmt(r["majority"])]
-         for r in report["table"]))
-    lines += compat_table(report["compat_curve"])
+    lines += gate_section(report["gate"])
+    lines += results_table(report)
+    lines += contrasts_table(report["contrasts"])
     lines += convergence_table(report["convergence"])
-    lines += ["", "## Findings", ""]
-    for key, f in report["findings"].items():
-        lines += [f"### {key.replace('_', ' ')}: **{f['reproduced']}**", "",
-                  f"- claim: {f['claim']}", f"- criterion: {f['criterion']}",
-                  f"- numbers: `{json.dumps(f['evidence'], default=str)}`", ""]
-    missing = [k for k, f in report["findings"].items() if f["reproduced"] != "yes"]
-    lines += ["**Did not reproduce here (fully):** " + (", ".join(missing) or "none") + ".", ""]
+    lines += compat_table(report["compat_curve"])
+    lines += analyses_table(report["analyses"])
     lines += phase_table(report["phases"])
     lines += ["## Plots", "", *(f"![{name}]({name})" for name in report["plots"]), ""]
     return "\n".join(lines)
 
 
-def protocol(report: dict) -> list[str]:
-    """The fair protocol as run: the LR grid and its choice, early stopping, seeds."""
-    t, lrs = report["budget"]["tune"], report["chosen_lr"]
-    lines = ["## Protocol", "",
-             f"- LR: the vanilla baseline (plain fine-tuning of v1, full FT, seed 1) is tuned on "
-             f"dev over {', '.join(f'{x:g}' for x in t['lr_grid'])} per regime; every recycled "
-             "arm (init, distill, init+distill) and the v0 runs use the LR chosen for their "
-             f"regime: full data {lrs['full']:g}, few-shot {lrs['few']:g} (the LoRA bundle: "
-             f"{t['lora_lr']:g}, fixed). The random-init control uses the full-data LR too, "
-             "chosen for pretrained weights: it favours v0 in that control.",
-             *(f"- {REGIME_LABEL[r]}: evaluate dev every {t[r]['eval_every']} steps, stop when dev "
-               f"accuracy has not improved for {t[r]['patience']} evaluations (cap "
-               f"{t[r]['max_steps']} steps), keep the best dev state, score test there once."
-               for r in ("full", "few")),
-             f"- seeds: {report['seeds']} per arm and regime (the seed draws the head, the data "
-             "order and the few-shot sample); the controls on random init: seed 1.", ""]
-    lines += markdown_table(
-        ["regime", "LR", "dev acc (seed 1)", "best step", "early-stopped"],
-        ([REGIME_LABEL[regime], f"{r['lr']:g}" + (" (chosen)" if r["lr"] == lrs[regime] else ""),
-          fmt(r["dev"]), r["best_step"], r["early_stopped"]]
-         for regime, rows in report["grid"].items() for r in rows))
+def verdicts(report: dict) -> list[str]:
+    """The plain summary: the gate, then each contrast by outcome."""
+    gate, tested = report["gate"], report["contrasts"]
+    lines = ["## In short", "", f"- **Upgrade gate: {'passed' if gate['passed'] else 'failed'}**"
+             f" — {gate['says']}."]
+    for outcome in ("reproduced", "contradicted", "inconclusive", BLOCKED):
+        names = [n for n, t in tested.items() if t["verdict"] == outcome]
+        if names:
+            what = {"inconclusive": "inconclusive (the test set cannot decide)"}.get(outcome,
+                                                                                  outcome)
+            lines.append(f"- **{what}**: " + "; ".join(
+                f"{n} ({t['difference']:+.3f}, 95% CI [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}])"
+                for n, t in ((n, tested[n]) for n in names)))
     return lines + [""]
+
+
+def protocol(report: dict) -> list[str]:
+    """The protocol as run: data, decontamination, seeds, budgets, the grid and its choice."""
+    b, t = report["budget"], report["budget"]["tune"]
+    d = report["decontamination"]
+    removed = ", ".join(f"{name}: {c['removed']} of {c['records']} records"
+                        for name, c in d["corpora"].items())
+    lines = ["## Protocol", "",
+             f"- data: {NEW_TASK} records per split {report['task_records']}; the dev split is "
+             "halved: one half chose the v0 bundles, the few-shot dev pools come from the other.",
+             f"- decontamination: every pretraining corpus drops the texts of every task's dev "
+             f"and test splits ({d['held_out_texts']} normalised texts): {removed} removed.",
+             f"- seeds: {', '.join(str(s) for s in range(1, report['seeds'] + 1))}, paired: seed "
+             "s is v0's bundle tuned with seed s, the few-shot sample s and every arm of seed s "
+             f"recycling bundle s. Seed {CALIBRATION_SEED} only chooses the LRs (not reported).",
+             f"- bundles: v0 tuned with full data at LR {t['bundle_lr']:g}, "
+             f"{t['full']['max_steps']} steps.",
+             *(f"- {REGIME_LABEL[r]}: a fixed budget of {t[r]['max_steps']} steps, warmup "
+               f"{t['warmup_fraction']:.0%} then cosine to {t['min_lr_ratio']:g}× the LR, dev "
+               f"every {t[r]['eval_every']} steps from step 0; the best dev state (step 0 "
+               "included) is scored on test once." for r in b["regimes"]),
+             f"- few-shot: {t['few_shot']} per class for train and for dev.",
+             f"- distillation: α = {t['distill']['alpha']:g}, T = "
+             f"{t['distill']['temperature']:g} (loss (1−α)·CE + α·T²·KL).",
+             f"- LR: every arm on the grid {', '.join(f'{x:g}' for x in t['lr_grid'])}, each "
+             f"choosing its best dev accuracy on seed {CALIBRATION_SEED}.", ""]
+    lrs = report["chosen_lr"]
+    lines += markdown_table(
+        ["regime", "arm", "LR", "dev acc (seed 0)", "best step"],
+        ([REGIME_LABEL[r["regime"]], r["arm"], f"{r['lr']:g}"
+          + (" (chosen)" if lrs[r["regime"]][r["arm"]] == r["lr"] else ""), fmt(r["dev"]),
+          r["best_step"]] for r in report["grid"]))
+    return lines + [""]
+
+
+def gate_section(gate: dict) -> list[str]:
+    e, th = gate["evidence"], gate["evidence"]["thresholds"]
+    fall, kept = e.get("relative_fall", {}), e.get("gain_kept", {})
+    return ["## The upgrade gate", "",
+            f"- domain shift: the computing MLM loss falls by {fmt(fall.get('computing'))} "
+            f"(relative), the general one by {fmt(fall.get('general'))}: a gap of "
+            f"{fmt(e.get('fall_gap'))}, needed ≥ {th['fall_gap']:g} → "
+            f"{gate['checks'].get('domain_shift')}",
+            f"- the v0 bundles keep {fmt(e.get('mean_gain_kept'))} of their dev gain over the "
+            f"majority class on v1 with no training (per seed: "
+            f"{', '.join(f'{s}: {fmt(k)}' for s, k in kept.items())}), needed ≤ "
+            f"{th['max_gain_kept']:g} → {gate['checks'].get('bundles_lose_gain')}",
+            f"- **{'passed' if gate['passed'] else 'failed'}: {gate['says']}**"
+            + ("" if gate["passed"] else "; no method verdict is issued."), ""]
+
+
+def results_table(report: dict) -> list[str]:
+    lines = ["## Results", "", "Test accuracy of the kept best dev state (every arm of a seed "
+             "on the same test set), mean ± sd over the reported seeds, per seed in order.", ""]
+    return lines + markdown_table(
+        ["arm", "regime", "test acc (mean ± sd)", "test per seed", "dev per seed"],
+        ([r["run"], REGIME_LABEL.get(r["regime"], "–"),
+          f"{fmt(r['test_mean'])} ± {fmt(r['test_std'])}",
+          " / ".join(fmt(x) for x in r["test_per_seed"]),
+          " / ".join(fmt(x) for x in r["dev_per_seed"])] for r in report["table"])) + [""]
+
+
+def contrasts_table(tested: dict[str, dict]) -> list[str]:
+    any_test = next(iter(tested.values()), None)
+    lines = ["## Contrasts", "",
+             "Each a paired bootstrap over the test items pooled over seeds "
+             f"({any_test['resamples'] if any_test else 0} resamples, "
+             f"{any_test['items'] if any_test else 0} items × {any_test['seeds'] if any_test else 0}"
+             " seeds), Holm-corrected over the family; reproduced / contradicted only when the "
+             "corrected p < 0.05; \"detectable\" is the smallest effect this test set detects "
+             "with 80% power.", ""]
+    return lines + markdown_table(
+        ["contrast", "claim", "difference", "95% CI", "p (Holm)", "detectable", "verdict"],
+        ([name, t["claim"] + (f" ({t['best_single']})" if "best_single" in t else ""),
+          f"{t['difference']:+.3f}", f"[{t['ci_low']:+.3f}, {t['ci_high']:+.3f}]",
+          fmt(t["p_holm"]), fmt(t["detectable"]), f"**{t['verdict']}**"]
+         for name, t in tested.items())) + [""]
+
+
+def convergence_table(conv: dict) -> list[str]:
+    lines = ["## Convergence", "",
+             "Steps (examples) for init and init+distill to reach vanilla's best dev accuracy of "
+             "the same seed — measurable only when the arm starts below it — and the paired "
+             "area under the dev curve over the budget, minus vanilla's.", ""]
+    rows = []
+    for regime, arms in conv.items():
+        for name, c in arms.items():
+            for e in c["per_seed"]:
+                reach = e.get("reach", "–")
+                rows.append([REGIME_LABEL[regime], name, e["seed"], fmt(e["target"]),
+                             fmt(e["start"]),
+                             f"{reach['step']} ({reach['examples']})" if isinstance(reach, dict)
+                             else reach, f"{e['auc_minus_vanilla']:+.3f}"])
+    return lines + markdown_table(["regime", "arm", "seed", "vanilla best dev", "start (step 0)",
+                                   "steps (examples) to reach", "AUC − vanilla"], rows) + [""]
+
+
+def compat_table(curve: list[dict]) -> list[str]:
+    if not curve:
+        return []
+    return ["## Compatibility along the continual pretraining", "",
+            "Dev accuracy of bundle 1 (tuned on v0), applied with no training to v1's weights "
+            "at each share of its steps (0%: v0 itself).", "",
+            *markdown_table(["point", "dev", "test", "majority (dev)"],
+                            ([f"{p['point']:.0%}", fmt(p["dev"]), fmt(p["test"]),
+                              fmt(p["majority"])] for p in curve)), ""]
+
+
+def analyses_table(a: dict) -> list[str]:
+    return ["## Analyses", "",
+            "Main pair: bundle 1 tuned on v0 vs v1 tuned alike; floor: two seeds on v0 (bundles "
+            "1 and 0); ceiling: bundle 1 vs rand tuned alike. Position: 0 at the floor, 1 at the "
+            "ceiling.", "",
+            *markdown_table(["analysis", "main", "floor", "ceiling", "position"],
+                            ([name + (" (accuracy barrier)" if name == "connectivity"
+                                      else " (mean head JS divergence)"),
+                              fmt(v["main"]), fmt(v["floor"]), fmt(v.get("ceiling")),
+                              fmt(v.get("position"))] for name, v in a.items())), ""]
 
 
 def pretraining_table(p: dict) -> list[str]:
@@ -129,38 +226,6 @@ def pretraining_table(p: dict) -> list[str]:
     return lines
 
 
-def compat_table(curve: dict[str, list[dict]]) -> list[str]:
-    """Compat (no training) of the v0 bundles along v1's continual pretraining."""
-    points = sorted({p["point"] for rows in curve.values() for p in rows})
-    if not points:
-        return []
-    lines = ["", "## Compatibility along the continual pretraining", "",
-             "Dev accuracy of the bundles tuned on v0, applied with no training to v1's weights "
-             "at each share of its steps (0%: v0 itself).", ""]
-    dev = {tuning: {p["point"]: p["dev"] for p in rows} for tuning, rows in curve.items()}
-    return lines + markdown_table(
-        ["bundle", *(f"{p:.0%}" for p in points), "majority"],
-        ([tuning, *(fmt(dev[tuning].get(p)) for p in points), fmt(rows[0]["majority"])]
-         for tuning, rows in curve.items() if rows))
-
-
-def convergence_table(conv: dict) -> list[str]:
-    lines = ["", "## Convergence", "",
-             "The first dev evaluation at which each run reaches the converged best dev accuracy "
-             "of vanilla (same regime and seed): step / examples / wall time in s (– = never).",
-             ""]
-
-    def cell(methods: dict, m: str) -> str:
-        hit = methods.get(m)
-        return ("n/a" if m not in methods else "–" if hit is None else
-                f"{hit['step']} / {hit['examples']} / {fmt(hit['wall_time_s'], 0)}")
-
-    return lines + markdown_table(
-        ["regime", "seed", "vanilla best", *METHODS],
-        ([REGIME_LABEL[pr["regime"]], pr["seed"], fmt(pr["vanilla_best"]),
-          *(cell(pr["methods"], m) for m in METHODS)] for pr in conv["pairs"]))
-
-
 def phase_table(phases: dict[str, float]) -> list[str]:
     return ["## Wall time per phase", "",
             *markdown_table(["phase", "s"], ([name, fmt(s, 0)] for name, s in phases.items())),
@@ -169,11 +234,10 @@ def phase_table(phases: dict[str, float]) -> list[str]:
 
 # ---------------------------------------------------------------- plots
 
-def plots(report: dict, logs: dict[str, list[dict]], conn: dict, sim: dict,
-          out: Path) -> list[str]:
+def plots(report: dict, logs: dict[str, list[dict]], analyses: dict, out: Path) -> list[str]:
     """Write the PNGs into `out`; their file names, in report order."""
-    made = {"results.png": results_plot(report["table"]),
-            "convergence.png": convergence_plot(report["convergence"], logs),
+    made = {"contrasts.png": contrasts_plot(report["contrasts"]),
+            "convergence.png": convergence_plot(report, logs),
             "pretraining.png": pretraining_plot(report["pretraining"]),
             "compat.png": compat_plot(report["compat_curve"])}
     for name, fig in made.items():
@@ -184,46 +248,39 @@ def plots(report: dict, logs: dict[str, list[dict]], conn: dict, sim: dict,
     from rtune_ds.recipes.connectivity import plot_connectivity
     from rtune_ds.recipes.similarity import plot_similarity
 
-    for name, result, plot in (("connectivity.png", conn, plot_connectivity),
-                               ("similarity.png", sim, plot_similarity)):
-        if result:
-            plot(result, out / name)
-            names.append(name)
+    for name, plot in (("connectivity", plot_connectivity), ("similarity", plot_similarity)):
+        if name in analyses:
+            plot(analyses[name], out / f"{name}.png")
+            names.append(f"{name}.png")
     return names
 
 
-def results_plot(rows: list[dict]):
-    """Test accuracy per table row (bar: mean; dots: seeds), one panel per task."""
-    fig, axes = pyplot().subplots(1, len(TASKS), figsize=(13, 5.5), squeeze=False)
-    for ax, task in zip(axes[0], TASKS):
-        rs = [r for r in rows if r["task"] == task]
-        ax.barh(range(len(rs)), [r["test_mean"] for r in rs], color="#8fb3d9")
-        for i, r in enumerate(rs):
-            ax.plot(r["test_per_seed"], [i] * len(r["test_per_seed"]), "k.", ms=5)
-        ax.axvline(rs[0]["majority"] if rs else 0, color="r", ls=":", label="majority class (dev)")
-        ax.set_yticks(range(len(rs)))
-        ax.set_yticklabels([r["run"] for r in rs], fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xlabel("test accuracy")
-        ax.set_title(task)
-        ax.legend(fontsize=7)
+def contrasts_plot(tested: dict[str, dict]):
+    """Each contrast's difference with its 95% CI and the detectable effect (a forest plot)."""
+    fig, ax = pyplot().subplots(figsize=(8, 0.5 * len(tested) + 1.5))
+    for i, (name, t) in enumerate(tested.items()):
+        ax.plot([t["ci_low"], t["ci_high"]], [i, i], color="k")
+        ax.plot([t["difference"]], [i], "o", color={"reproduced": "C2", "contradicted": "C3"}
+                .get(t["verdict"], "C7"))
+    ax.axvline(0, color="r", ls=":")
+    ax.set_yticks(range(len(tested)))
+    ax.set_yticklabels(list(tested), fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("difference of test accuracy (A − B), 95% CI")
     return fig
 
 
-def convergence_plot(conv: dict, logs: dict[str, list[dict]]):
-    """Dev accuracy over steps on v1, one panel per regime, a line per method and seed."""
-    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4))
-    colors = dict(zip(METHODS, ("C0", "C1", "C2", "C3")))
-    labelled = set()
-    for pr in conv["pairs"]:
-        ax = axes[0 if pr["regime"] == "full" else 1]
-        for method, name in pr["runs"].items():
-            xs = dev_curve(logs[name])
-            ax.plot([x for x, _ in xs], [y for _, y in xs], color=colors[method], alpha=0.7,
-                    label=None if (pr["regime"], method) in labelled else method)
-            labelled.add((pr["regime"], method))
-    for ax, regime in zip(axes, ("full", "few")):
-        ax.set_title(f"{NEW_TASK} on v1, {REGIME_LABEL[regime]} (a line per seed)")
+def convergence_plot(report: dict, logs: dict[str, list[dict]]):
+    """Dev accuracy over steps, one panel per regime, a line per arm and seed."""
+    regimes = report["budget"]["regimes"]
+    fig, axes = pyplot().subplots(1, len(regimes), figsize=(6 * len(regimes), 4), squeeze=False)
+    for ax, regime in zip(axes[0], regimes):
+        for k, name in enumerate(ARMS):
+            for seed in range(1, report["seeds"] + 1):
+                curve = dev_curve(logs.get(run_name(arm(name, regime, seed)), []))
+                ax.plot([x for x, _ in curve], [y for _, y in curve], color=f"C{k}", alpha=0.7,
+                        label=name if seed == 1 else None)
+        ax.set_title(f"{NEW_TASK}, {REGIME_LABEL[regime]} (a line per seed)")
         ax.set_xlabel("step")
         ax.set_ylabel("dev accuracy")
         ax.legend(fontsize=8)
@@ -247,14 +304,13 @@ def pretraining_plot(p: dict):
     return fig
 
 
-def compat_plot(curve: dict[str, list[dict]]):
-    """Compat dev accuracy of each v0 bundle along v1's continual pretraining."""
+def compat_plot(curve: list[dict]):
+    """Compat dev accuracy of bundle 1 along v1's continual pretraining."""
     fig, ax = pyplot().subplots(figsize=(6, 4))
-    for tuning, rows in curve.items():
-        if rows:
-            ax.plot([100 * r["point"] for r in rows], [r["dev"] for r in rows], marker="o",
-                    label=f"v0 {tuning} bundle")
-            ax.axhline(rows[0]["majority"], color="r", ls=":")
+    if curve:
+        ax.plot([100 * r["point"] for r in curve], [r["dev"] for r in curve], marker="o",
+                label="v0 full-FT bundle (seed 1)")
+        ax.axhline(curve[0]["majority"], color="r", ls=":", label="majority class (dev)")
     ax.set_xlabel("% of v1's continual-pretraining steps (0: v0)")
     ax.set_ylabel("dev accuracy, no training")
     ax.legend(fontsize=8)

@@ -1,32 +1,28 @@
-"""Reading the demo's runs: each tuning or recycling run's scores (summary.json or compat.json),
-the runs' logged metrics (metrics.jsonl), the pretraining evals and the analyses' JSON; then,
-from what was read (pure functions): the LR grid's choice, the results table (one row per setting
-with its seeds), compat along v1's continual pretraining, and convergence (the steps, examples
-and wall time each recycled run needs to reach vanilla's converged best dev accuracy)."""
+"""Reading the demo's runs: each tuning or compat run's scores and per-example test predictions
+(summary.json or compat.json, test_predictions.json), the runs' logged metrics (metrics.jsonl),
+the pretraining evals and the analyses' JSON; then, from what was read (pure functions): the LR
+grid's choice per arm, the results table, and the inputs of the gate and the contrasts."""
 from __future__ import annotations
 
 import json
 import statistics
+from collections import Counter
 from pathlib import Path
 
-from rtune_ds.analysis.convergence import steps_to_target
 from rtune_ds.demo.plan import (
-    COMPAT_TUNINGS,
-    METHODS,
+    ARMS,
+    CALIBRATION_SEED,
     METRIC,
     NEW_TASK,
-    OLD_TASK,
-    REGIMES,
-    TASKS,
+    SECONDS,
     Job,
-    compat,
-    recycled,
-    setting,
-    tuned,
+    arm,
+    run_name,
 )
+from rtune_ds.jobs.tuning import PREDICTIONS
 from rtune_ds.train.monitor import read_metrics
 
-INFO_KEYS = ("kind", "task", "base", "tuning", "regime", "method", "seed", "point")
+REGIME_LABEL = {"full": "full data", "few": "few-shot"}
 
 
 def read_json(path: Path) -> dict:
@@ -35,29 +31,35 @@ def read_json(path: Path) -> dict:
 
 # ---------------------------------------------------------------- reading
 
+def job_seconds(job: Job) -> float | None:
+    """The seconds the job took when it ran (whichever demo run that was)."""
+    path = Path(job.run_dir) / SECONDS
+    return read_json(path)["seconds"] if path.is_file() else None
+
+
 def read_result(job: Job) -> dict:
-    """The scores of one tuning or recycling run with its info, from summary.json or compat.json."""
+    """One tuning or compat run: its info, dev and test accuracy, the dev majority baseline, and
+    `correct` (1/0 per test item, in the test file's order) with the gold labels."""
     run = Path(job.run_dir)
+    preds = read_json(run / PREDICTIONS)
+    out = {**job.info, "correct": [int(g == p) for g, p in zip(preds["gold"], preds["predicted"])],
+           "gold": preds["gold"], "labels": preds["labels"], "test_file": preds["file"]}
     if job.done == "compat.json":
         c = read_json(run / "compat.json")
-        old = c["old_metrics"]
-        return {**job.info, "source": "compat.json", "dev": c["dev"]["accuracy"],
-                "test": c["test"]["accuracy"], "dev_f1": c["dev"]["f1"], "test_f1": c["test"]["f1"],
-                "majority": c["dev_majority_baseline"], "old_dev": old["dev"][METRIC],
-                "old_test": old["test"][METRIC]}
+        return {**out, "source": "compat.json", "dev": c["dev"]["accuracy"],
+                "test": c["test"]["accuracy"], "majority": c["dev_majority_baseline"],
+                "old_dev": c["old_metrics"]["dev"][METRIC]}
     s = read_json(run / "summary.json")
     m = s["metrics"]
-    return {**job.info, "source": "summary.json", "dev": m["dev"][METRIC],
-            "test": m["test"][METRIC], "dev_f1": m["dev"]["eval/f1"],
-            "test_f1": m["test"]["eval/f1"], "majority": m["dev_majority_baseline"],
-            "best_step": m["best_step"], "steps": s["step"], "early_stopped": s["early_stopped"],
-            "sizes": s["sizes"]}
+    return {**out, "source": "summary.json", "dev": m["dev"][METRIC], "test": m["test"][METRIC],
+            "majority": m["dev_majority_baseline"], "best_step": m["best_step"],
+            "steps": s["step"], "sizes": s["sizes"]}
 
 
 def read_results(jobs: list[Job]) -> dict[str, dict]:
-    """{run name: its result} of every tuning and recycling job."""
-    kinds = ("finetune", "recycle", "grid")
-    return {j.name: read_result(j) for j in jobs if j.info["kind"] in kinds}
+    """{run name: its result} of every tuning and compat job that is done."""
+    kinds = ("bundle", "compat", "arm", "grid")
+    return {j.name: read_result(j) for j in jobs if j.info["kind"] in kinds and j.is_done()}
 
 
 def read_logs(jobs: list[Job], names) -> dict[str, list[dict]]:
@@ -86,129 +88,100 @@ def pretraining(runs: Path) -> dict:
     return out
 
 
-def analyses(runs: Path) -> tuple[dict, dict]:
-    """connectivity.json and similarity.json as written by `rtune analyze` ({} if absent)."""
-    found = [runs / name / f"{name}.json" for name in ("connectivity", "similarity")]
-    conn, sim = (read_json(path) if path.is_file() else {} for path in found)
-    return conn, sim
+def analyses(runs: Path) -> dict[str, dict]:
+    """{connectivity, connectivity-floor, similarity, similarity-floor: the JSON `rtune analyze`
+    wrote} of those that ran."""
+    out = {}
+    for name in ("connectivity", "connectivity-floor", "similarity", "similarity-floor"):
+        path = runs / name / f"{name.split('-')[0]}.json"
+        if path.is_file():
+            out[name] = read_json(path)
+    return out
+
+
+def chance_correct(tasks: Path, result: dict) -> list[int]:
+    """1/0 per test item of the chance predictor: always the most frequent class of the task's
+    train sample (ties: the first label name)."""
+    counts = Counter(json.loads(line)["label"] for line in
+                     (tasks / f"{NEW_TASK}_train.jsonl").read_text().splitlines() if line)
+    majority = max(sorted(counts), key=counts.get)
+    index = result["labels"].index(majority)
+    return [int(g == index) for g in result["gold"]]
 
 
 # ---------------------------------------------------------------- the LR grid (pure)
 
-def grid_table(results: dict[str, dict]) -> dict[str, list[dict]]:
-    """{regime: [{lr, dev, test, best_step, early_stopped}, ...] in grid order} of the grid."""
-    out: dict[str, list[dict]] = {regime: [] for regime in REGIMES}
-    for r in results.values():
-        if "lr" in r:
-            out[r["regime"]].append({k: r[k] for k in ("lr", "dev", "test", "best_step",
-                                                        "early_stopped")})
-    return out
+def grid_table(results: dict[str, dict]) -> list[dict]:
+    """[{regime, arm, lr, dev, test, best_step}] of the grid runs (calibration seed)."""
+    rows = [{k: r[k] for k in ("regime", "arm", "lr", "dev", "test", "best_step")}
+            for r in results.values() if r["kind"] == "grid"]
+    return sorted(rows, key=lambda r: (r["regime"], ARMS.index(r["arm"]), r["lr"]))
 
 
-def chosen_lrs(results: dict[str, dict], lr_grid: list[float]) -> dict[str, float]:
-    """Per regime, the grid LR with the best vanilla dev accuracy (seed 1); a tie goes to the
-    LR listed first. Chosen on dev only: test plays no part."""
-    table = grid_table(results)
-    chosen = {}
-    for regime in REGIMES:
-        dev = {row["lr"]: row["dev"] for row in table[regime]}
-        missing = [lr for lr in lr_grid if lr not in dev]
-        if missing:
-            raise ValueError(f"the LR grid of {regime} has no result for {missing}")
-        chosen[regime] = max(lr_grid, key=lambda lr: (dev[lr], -lr_grid.index(lr)))
+def chosen_lrs(results: dict[str, dict], lr_grid: list[float]) -> dict[str, dict[str, float]]:
+    """{regime: {arm: the grid LR with the arm's best dev accuracy on the calibration seed}}; a
+    tie goes to the LR listed first. Chosen on dev only: test plays no part."""
+    chosen: dict[str, dict[str, float]] = {}
+    for row in grid_table(results):
+        chosen.setdefault(row["regime"], {}).setdefault(row["arm"], [])
+        chosen[row["regime"]][row["arm"]].append((row["lr"], row["dev"]))
+    for regime, arms in chosen.items():
+        for name, rows in arms.items():
+            dev = dict(rows)
+            missing = [lr for lr in lr_grid if lr not in dev]
+            if missing:
+                raise ValueError(f"the LR grid of {regime}/{name} has no result for {missing}")
+            arms[name] = max(lr_grid, key=lambda lr: (dev[lr], -lr_grid.index(lr)))
     return chosen
 
 
 # ---------------------------------------------------------------- grouping (pure)
 
-def matches(result: dict, info: dict, with_seed: bool = False) -> bool:
-    """Whether `result` is a run of `info`'s setting (and seed)."""
-    return all(result.get(k) == info.get(k) for k in INFO_KEYS if k != "seed" or with_seed)
+def of_arm(results: dict[str, dict], name: str, regime: str, seeds) -> list[dict]:
+    """The results of an arm for the given seeds, in order of seed (a missing run is skipped)."""
+    found = (results.get(run_name(arm(name, regime, s))) for s in seeds)
+    return [r for r in found if r is not None]
 
 
-def find(results: dict[str, dict], info: dict) -> str | None:
-    """The name of the run of `info` (setting and seed), or None."""
-    return next((n for n, r in results.items() if matches(r, info, with_seed=True)), None)
-
-
-REGIME_LABEL = {"full": "full data", "few": "few-shot"}
-
-
-def groups() -> list[tuple[str, str, dict]]:
-    """(task, label, setting) of every row of the results table, in table order."""
-    rows = [(task, f"{base} · full FT · full data", tuned(task, base))
-            for task in TASKS for base in ("v0", "rand") if task == OLD_TASK or base == "rand"]
-    rows += [(NEW_TASK, f"v0 · full FT · {REGIME_LABEL[regime]}",
-              tuned(NEW_TASK, "v0", "full", regime)) for regime in REGIMES]
-    rows.append((NEW_TASK, "v0 · LoRA · full data", tuned(NEW_TASK, "v0", "lora")))
-    rows += [(NEW_TASK, f"v0 {'full-FT' if t == 'full' else 'LoRA'} bundle on v1 · compat",
-              compat(t, 1.0)) for t in COMPAT_TUNINGS]
-    rows += [(NEW_TASK, f"v1 · {m} · {REGIME_LABEL[regime]}", recycled(m, regime))
-             for regime in REGIMES for m in METHODS]
-    return rows
-
-
-def table(results: dict[str, dict]) -> list[dict]:
-    """One row per setting that has runs: its runs in order of seed, their dev and test
-    accuracies, mean and sd over seeds, and the majority-class baseline."""
+def table(results: dict[str, dict], regimes: list[str], seeds) -> list[dict]:
+    """One row per arm and regime (and compat): its seeds, dev and test accuracy per seed, mean
+    and sd of test over seeds."""
+    groups = [(f"v1 · {name}" if name != "v0" else "v0 · vanilla", regime,
+               of_arm(results, name, regime, seeds)) for regime in regimes for name in ARMS]
+    groups.append(("v0 bundle on v1 · compat (no training)", None,
+                   [r for r in (results.get(run_name({"kind": "compat", "seed": s,
+                                                       "point": 1.0})) for s in seeds) if r]))
     rows = []
-    for task, label, info in groups():
-        names = sorted((n for n, r in results.items() if matches(r, info)),
-                       key=lambda n: results[n]["seed"])
-        if not names:
+    for label, regime, runs in groups:
+        if not runs:
             continue
-        dev = [results[n]["dev"] for n in names]
-        test = [results[n]["test"] for n in names]
-        rows.append({"task": task, "run": label, "setting": setting(info), "runs": names,
-                     "seeds": [results[n]["seed"] for n in names],
-                     "dev_mean": statistics.fmean(dev), "test_mean": statistics.fmean(test),
-                     "test_std": statistics.stdev(test) if len(test) > 1 else 0.0,
-                     "dev_per_seed": dev, "test_per_seed": test,
-                     "majority": results[names[0]]["majority"]})
+        test = [r["test"] for r in runs]
+        rows.append({"run": label, "regime": regime, "seeds": [r["seed"] for r in runs],
+                     "dev_per_seed": [r["dev"] for r in runs], "test_per_seed": test,
+                     "test_mean": statistics.fmean(test),
+                     "test_std": statistics.stdev(test) if len(test) > 1 else 0.0})
     return rows
 
 
-def compat_curve(results: dict[str, dict]) -> dict[str, list[dict]]:
-    """{bundle tuning: [{point, dev, test, old_dev, majority}] by point} of the compat runs."""
-    out = {}
-    for tuning in COMPAT_TUNINGS:
-        rows = [r for r in results.values() if r.get("method") == "compat"
-                and r["tuning"] == tuning]
-        out[tuning] = [{k: r[k] for k in ("point", "dev", "test", "old_dev", "majority")}
-                       for r in sorted(rows, key=lambda r: r["point"])]
+def gate_bundles(results: dict[str, dict], seeds) -> list[dict]:
+    """Per seed (the calibration seed too): the bundle's dev accuracy on v0, its compat dev
+    accuracy on v1 and the dev majority baseline: the gate's second check."""
+    out = []
+    for s in [CALIBRATION_SEED, *seeds]:
+        c = results.get(run_name({"kind": "compat", "seed": s, "point": 1.0}))
+        if c is not None:
+            out.append({"seed": s, "old_dev": c["old_dev"], "compat_dev": c["dev"],
+                        "majority": c["majority"]})
     return out
 
 
-# ---------------------------------------------------------------- convergence (pure)
+def compat_curve(results: dict[str, dict]) -> list[dict]:
+    """[{point, dev, test, old_dev, majority}] of bundle 1 along v1's run, by point."""
+    rows = [r for r in results.values() if r["kind"] == "compat" and r["seed"] == 1]
+    return [{k: r[k] for k in ("point", "dev", "test", "old_dev", "majority")}
+            for r in sorted(rows, key=lambda r: r["point"])]
+
 
 def dev_curve(records: list[dict]) -> list[tuple[int, float]]:
     """(step, dev accuracy) of every eval in a run's metrics records."""
     return [(r["step"], r[METRIC]) for r in records if METRIC in r]
-
-
-def convergence(results: dict[str, dict], logs: dict[str, list[dict]],
-                global_batch: int) -> dict:
-    """Per regime and seed: vanilla's converged best dev accuracy (its best eval under early
-    stopping) and the step it first reached it; for each recycled method, the first eval at which
-    it reaches that accuracy: step, examples (steps × global batch) and wall time (s, from the
-    run's metrics.jsonl). A method's entry is None when its run never reaches it."""
-    pairs = []
-    for regime in REGIMES:
-        seeds = sorted(r["seed"] for r in results.values()
-                       if matches(r, recycled("vanilla", regime)))
-        for seed in seeds:
-            names = {m: find(results, recycled(m, regime, seed)) for m in METHODS}
-            names = {m: n for m, n in names.items() if n is not None and n in logs}
-            if "vanilla" not in names:
-                continue
-            best = max(v for _, v in dev_curve(logs[names["vanilla"]]))
-
-            def reached(name: str) -> dict | None:
-                hit = steps_to_target(logs[name], METRIC, best)
-                return None if hit is None else {"step": hit["step"], "value": hit["value"],
-                                                 "examples": hit["step"] * global_batch,
-                                                 "wall_time_s": hit["wall_time_s"]}
-
-            pairs.append({"regime": regime, "seed": seed, "vanilla_best": best, "runs": names,
-                          "methods": {m: reached(n) for m, n in names.items()}})
-    return {"metric": METRIC, "pairs": pairs}

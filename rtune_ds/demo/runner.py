@@ -1,7 +1,7 @@
-"""Inside the demo's one deepspeed launch: every job of the plan in turn, in this process, each
-run as `rtune <job.argv()>` through the CLI's table of commands (so the ranks start once); rank 0
-prints one line per job and records each job's seconds in seconds.json beside the plan as soon as
-the job is done."""
+"""Inside one of the demo's deepspeed launches: every job of its plan file in turn, in this
+process, each run as `rtune <job.argv()>` through the CLI's table of commands (so the ranks start
+once per launch); rank 0 prints one line per job and records the job's seconds in its run dir
+(demo_seconds.json) as soon as the job is done."""
 from __future__ import annotations
 
 import json
@@ -21,7 +21,6 @@ def run_plan(plan: str, run: Callable[[list[str]], None]) -> None:
     `run` (the CLI's: `rtune ARGV` in this process, its errors raised)."""
     path = Path(plan)
     jobs = [Job(**job) for job in json.loads(path.read_text())["jobs"]]
-    seconds_path = path.with_name(SECONDS)
     for n, job in enumerate(jobs, 1):
         if dist.is_main():
             print(f"rtune demo: [{n}/{len(jobs)}] {job.name}", file=sys.stderr, flush=True)
@@ -32,8 +31,7 @@ def run_plan(plan: str, run: Callable[[list[str]], None]) -> None:
             raise type(err)(f"demo job {job.name} (run dir {job.run_dir}): {err}") from err
         check_done(job)
         if dist.is_main():
-            seconds = json.loads(seconds_path.read_text()) if seconds_path.is_file() else {}
-            save_json({**seconds, job.name: round(time.time() - t0, 1)}, seconds_path)
+            save_json({"seconds": round(time.time() - t0, 1)}, Path(job.run_dir) / SECONDS)
 
 
 def check_done(job: Job) -> None:

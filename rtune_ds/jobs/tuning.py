@@ -16,6 +16,7 @@ from rtune_ds.artifacts.run_dir import hold_run_dir
 from rtune_ds.config.checks import resolve_batch
 from rtune_ds.config.ds_config import read_ds_config, resolve_ds_config
 from rtune_ds.config.schema import RunConfig
+from rtune_ds.data.corpus import content_hash
 from rtune_ds.data.examples import ExampleSource, TaskData, load_task
 from rtune_ds.data.tokenizer import load_tokenizer
 from rtune_ds.errors import ConfigError
@@ -29,11 +30,17 @@ from rtune_ds.models.hf_config import (
 from rtune_ds.models.loader import load_task_model, module_names_of
 from rtune_ds.models.zero import weights_digest
 from rtune_ds.train import engine
-from rtune_ds.train.evaluate import evaluate_classification, evaluate_sft
+from rtune_ds.train.evaluate import (
+    classification_scores,
+    evaluate_classification,
+    evaluate_sft,
+    predict_classification,
+)
 from rtune_ds.train.objectives import classification_loss, lm_loss
 from rtune_ds.train.schedules import Schedule, make_schedule
 
 DEFAULT_BEST = {"classification": "eval/accuracy", "lm": "eval/loss"}
+PREDICTIONS = "test_predictions.json"  # in the run dir
 
 
 @dataclass
@@ -126,14 +133,31 @@ def train(p: Plan, model, tokenizer, data: TaskData, loss=None) -> engine.TrainR
 
 
 def score(p: Plan, module, data: TaskData, tokenizer) -> dict:
-    """Dev (and test) metrics of `module` as it is, with the majority baseline for classifiers."""
+    """Dev (and test) metrics of `module` as it is, with the majority baseline for classifiers;
+    a classifier's test predictions, one per example, go to run_dir/test_predictions.json."""
     module.eval()
     metrics = {"dev": evaluator(p, data, tokenizer, "dev")(module)}
-    if "test" in data.splits:
+    if "test" in data.splits and data.type == "classification":
+        metrics["test"] = test_with_predictions(p, module, data)
+    elif "test" in data.splits:
         metrics["test"] = evaluator(p, data, tokenizer, "test")(module)
     if data.type == "classification":
         metrics["dev_majority_baseline"] = data.majority_baseline("dev")
     return metrics
+
+
+def test_with_predictions(p: Plan, module, data: TaskData) -> dict:
+    """Test metrics of a classifier, its predictions written for paired tests: the test file (path
+    and sha256), the label names, and each example's gold and predicted class in file order."""
+    test, labels = data.splits["test"], data.label_names
+    predicted, loss_sum = predict_classification(module, test, p.cfg.train.micro_batch_size,
+                                                 len(labels))
+    if dist.is_main():
+        save_json({"file": str(Path(data.files["test"]).resolve()),
+                   "sha256": content_hash(data.files["test"]), "labels": labels,
+                   "gold": test.labels.tolist(), "predicted": predicted.tolist()},
+                  Path(p.cfg.run_dir) / PREDICTIONS)
+    return classification_scores(predicted, test.labels, loss_sum, len(labels))
 
 
 def finish(p: Plan, result: engine.TrainResult, tokenizer, data: TaskData, head: list[str],

@@ -69,12 +69,13 @@ def _shards(examples, micro_batch: int):
 
 
 @torch.no_grad()
-def evaluate_classification(model: torch.nn.Module, examples, micro_batch: int,
-                            num_labels: int) -> dict[str, float]:
-    """eval/loss (mean cross-entropy), eval/accuracy and eval/f1 (macro) over all of `examples`,
-    which every rank holds; each rank runs its share and the counts are summed. Only the first
-    `num_labels` logits are read: a model shared by a library of bundles may have more rows."""
-    confusion = torch.zeros(num_labels, num_labels, dtype=torch.float64)
+def predict_classification(model: torch.nn.Module, examples, micro_batch: int,
+                           num_labels: int) -> tuple[torch.Tensor, float]:
+    """(the predicted class of every example, in the split's order; the summed cross-entropy),
+    over all of `examples`, which every rank holds: each rank runs its share and the results are
+    summed. Only the first `num_labels` logits are read: a model shared by a library of bundles
+    may have more rows."""
+    predicted = torch.zeros(len(examples), dtype=torch.float64)
     loss_sum = torch.zeros(1, dtype=torch.float64)
     for idx in _shards(examples, micro_batch):
         weight = 1.0 if idx else 0.0
@@ -84,10 +85,24 @@ def evaluate_classification(model: torch.nn.Module, examples, micro_batch: int,
         loss = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
         loss_sum += weight * loss.double()
         if idx:
-            for g, p in zip(batch["labels"].tolist(), logits.argmax(-1).tolist()):
-                confusion[g, p] += 1
-    confusion, loss_sum = dist.all_reduce_sum(confusion), dist.all_reduce_sum(loss_sum)
-    return {"eval/loss": loss_sum.item() / len(examples), **classification_metrics(confusion)}
+            predicted[idx] = logits.argmax(-1).double()
+    predicted, loss_sum = dist.all_reduce_sum(predicted), dist.all_reduce_sum(loss_sum)
+    return predicted.long(), loss_sum.item()
+
+
+def classification_scores(predicted: torch.Tensor, gold: torch.Tensor, loss_sum: float,
+                          num_labels: int) -> dict[str, float]:
+    """eval/loss (mean cross-entropy), eval/accuracy and eval/f1 (macro) of predictions."""
+    confusion = torch.zeros(num_labels, num_labels, dtype=torch.float64)
+    confusion.index_put_((gold, predicted), torch.ones(len(gold), dtype=torch.float64),
+                         accumulate=True)
+    return {"eval/loss": loss_sum / len(gold), **classification_metrics(confusion)}
+
+
+def evaluate_classification(model: torch.nn.Module, examples, micro_batch: int,
+                            num_labels: int) -> dict[str, float]:
+    predicted, loss_sum = predict_classification(model, examples, micro_batch, num_labels)
+    return classification_scores(predicted, examples.labels, loss_sum, num_labels)
 
 
 @torch.no_grad()
