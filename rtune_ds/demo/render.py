@@ -83,8 +83,11 @@ def protocol(report: dict) -> list[str]:
     removed = ", ".join(f"{name}: {c['removed']} of {c['records']} records"
                         for name, c in d["corpora"].items())
     lines = ["## Protocol", "",
-             f"- data: {NEW_TASK} records per split {report['task_records']}; the dev split is "
-             "halved: one half chose the v0 bundles, the few-shot dev pools come from the other.",
+             f"- data: {NEW_TASK} records per split: " + ", ".join(
+                 f"{split} {n}" for name, n in report["task_records"].items()
+                 if (split := name.removeprefix(f"{NEW_TASK}_")) != name)
+             + "; the dev split is halved: `dev` chose the v0 bundles, the few-shot dev pools "
+             "come from `dev_pool`.",
              f"- decontamination: every pretraining corpus drops the texts of every task's dev "
              f"and test splits ({d['held_out_texts']} normalised texts): {removed} removed.",
              f"- seeds: {', '.join(str(s) for s in range(1, report['seeds'] + 1))}, paired: seed "
@@ -96,7 +99,7 @@ def protocol(report: dict) -> list[str]:
                f"{t['warmup_fraction']:.0%} then cosine to {t['min_lr_ratio']:g}× the LR, dev "
                f"every {t[r]['eval_every']} steps from step 0; the best dev state (step 0 "
                "included) is scored on test once." for r in b["regimes"]),
-             f"- few-shot: {t['few_shot']} per class for train and for dev.",
+             f"- few-shot samples: {t['few_shot']} per class for train and for dev.",
              f"- distillation: α = {t['distill']['alpha']:g}, T = "
              f"{t['distill']['temperature']:g} (loss (1−α)·CE + α·T²·KL).",
              f"- LR: every arm on the grid {', '.join(f'{x:g}' for x in t['lr_grid'])}, each "
