@@ -134,7 +134,7 @@ def test_bench_distill_reports_both_runs_and_leaves_no_shared_memory(recycle_env
                        cache))
     report = json.loads((tmp_path / "bench" / "bench_distill.json").read_text())
     runs = ("finetune", "distill_live", "distill_cold", "distill_warm")
-    assert {report[run]["steps"] for run in runs} == {6}
+    assert {report[run]["steps"] for run in runs} == {6} and report["repeats"] == 1
     ft = report["finetune"]["median_step_time_s"]
     assert report["step_time_ratio"] == pytest.approx(
         report["distill_warm"]["median_step_time_s"] / ft)
