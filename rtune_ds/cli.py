@@ -142,7 +142,7 @@ def _bench_distill(args, command: str) -> None:
     from rtune_ds.recipes import bench_distill
 
     bench_distill.run(args.config, args.ds_config, args.bundle, args.base, args.nproc,
-                      args.steps, args.out, args.overrides)
+                      args.steps, args.repeats, args.out, args.overrides)
 
 
 def _bench_padding(args, command: str) -> None:
@@ -346,15 +346,17 @@ def parser() -> argparse.ArgumentParser:
     brec.add_argument("--max-len", type=int, default=64, help="task.max_len")
     brec.add_argument("--out", default="runs/bench_recycle_all", help="a new directory")
     bkd = _command(bench, "distill", _bench_distill,
-                   "step time and memory: distill vs plain fine-tuning")
+                   "step time and memory: distill (teacher live, teacher cache cold and "
+                   "warm) vs plain fine-tuning; losses cached vs live")
     bkd.add_argument("--config", required=True, help="RunConfig with the task keys")
-    bkd.add_argument("--ds-config", help="DeepSpeed JSON of the student (both runs)")
+    bkd.add_argument("--ds-config", help="DeepSpeed JSON of the student (every run)")
     bkd.add_argument("--bundle", required=True, help="the old bundle (the teacher's weights)")
     bkd.add_argument("--base", required=True, help="the new base (the student)")
     bkd.add_argument("--nproc", type=int, default=2, help="ranks per launch")
-    _add_timing_args(bkd, steps=20)
-    bkd.add_argument("--out", default="runs/bench_distill", help="two run dirs and the JSON")
-    bkd.add_argument("overrides", nargs="*", help="dotted overrides for both runs")
+    _add_timing_args(bkd, steps=20, repeats=1)
+    bkd.add_argument("--out", default="runs/bench_distill",
+                     help="the run dirs, the teacher cache and the JSON")
+    bkd.add_argument("overrides", nargs="*", help="dotted overrides for every run")
     bpad = _command(bench, "padding", _bench_padding, "fine-tuning: padding to the split's "
                     "longest vs per micro-batch in length-grouped batches; real-token fraction, "
                     "tokens/s")

@@ -46,7 +46,7 @@ def test_method_and_resume_are_choices(capsys):
     ("compare", {"steps": 30, "warmup": 5}),
     ("padding", {"steps": 20, "warmup": 3, "repeats": 3}),
     ("mlm", {"steps": 20, "warmup": 3, "repeats": 3}),
-    ("distill", {"steps": 20}),
+    ("distill", {"steps": 20, "repeats": 1}),
     ("mapping", {"repeats": 7}),
 ])
 def test_bench_timing_flags_keep_each_benchmarks_defaults(command, want):

@@ -1,7 +1,8 @@
 """rtune recycle --method distill | init+distill on 2 real ranks (gloo), student under ZeRO-2 and
 ZeRO-3, the teacher under its own ZeRO-3 config with its parameters offloaded to CPU: training runs
-in lockstep, the kd/* terms are logged, the teacher is frozen and bitwise unchanged; a teacher that
-cannot read the student's inputs or has other labels is refused before any output."""
+in lockstep, the kd/* terms are logged, the teacher is frozen and bitwise unchanged; the teacher
+cache built on 2 ranks trains as the live teacher does; a teacher that cannot read the student's
+inputs or has other labels is refused before any output."""
 import json
 
 import pytest
@@ -18,14 +19,23 @@ def run_name(method: str, ds: str, kind: str) -> str:
     return f"kd_{method}_{ds}_{kind}".replace("+", "_")
 
 
+# after CASES, whose zero2 full distill builds the teacher cache: the same teacher, live and warm
+CACHE_CASES = {"kd_cache_live": ["distill.teacher_cache=false"], "kd_cache_warm": []}
+
+
 @pytest.fixture(scope="module")
 def distilled(recycle_env):
-    """Every case recycled onto v1 on 2 ranks, in one launch."""
-    _, bases, bundles, cache = recycle_env
-    rtune_many([recycle_args(recycle_env, run_name(method, ds, kind), bundles[kind], bases["v1"],
-                             method, ds, ["train.eval_every=10", *extra])
-                for method, ds, kind, extra in CASES], cache)
-    return recycle_env[0]
+    """Every case recycled onto v1 on 2 ranks, in one launch, with a teacher cache of its own."""
+    root, bases, bundles, cache = recycle_env
+    teacher_cache = f"distill.teacher_cache_dir={root / 'kd_teacher_cache'}"
+    jobs = [recycle_args(recycle_env, run_name(method, ds, kind), bundles[kind], bases["v1"],
+                         method, ds, ["train.eval_every=10", teacher_cache, *extra])
+            for method, ds, kind, extra in CASES]
+    jobs += [recycle_args(recycle_env, name, bundles["full"], bases["v1"], "distill", "zero3",
+                          ["train.eval_every=10", teacher_cache, *extra])
+             for name, extra in CACHE_CASES.items()]
+    rtune_many(jobs, cache)
+    return root
 
 
 @pytest.mark.parametrize("method,ds,kind,extra", CASES)
@@ -52,6 +62,24 @@ def test_distillation_trains_in_lockstep_with_a_frozen_offloaded_teacher(distill
         assert evals[-1]["eval/accuracy"] > evals[0]["eval/accuracy"]
     lineage = json.loads((run / "final" / "lineage.json").read_text())
     assert lineage["recycled"]["method"] == method
+
+
+def test_a_teacher_cache_built_on_two_ranks_trains_as_the_live_teacher(distilled):
+    built, live, warm = (json.loads((distilled / run / "teacher.json").read_text())
+                         for run in (run_name("distill", "zero2", "full"), *CACHE_CASES))
+    assert built["cache"]["status"] == "built" and built["cache"]["stored"]
+    assert warm["cache"] == {"status": "hit", "key": built["cache"]["key"],
+                             "file": built["cache"]["file"]}
+    assert live["cache"]["status"] == "off"
+    steps = {}
+    for run in CACHE_CASES:
+        steps[run] = [{k: m[k] for k in ("train/loss", "kd/ce", "kd/kl")}
+                      for m in read_jsonl(distilled / run / "metrics.jsonl") if "kd/kl" in m]
+        assert len(set(json.loads((distilled / run / "summary.json").read_text())[
+            "rank_weight_digests"])) == 1
+    assert len(steps["kd_cache_live"]) == 10
+    for a, b in zip(steps["kd_cache_live"], steps["kd_cache_warm"], strict=True):
+        assert b == pytest.approx(a, rel=1e-5, abs=1e-6)
 
 
 def test_a_teacher_with_another_vocabulary_is_refused(recycle_env, cache_dir):
@@ -105,11 +133,19 @@ def test_bench_distill_reports_both_runs_and_leaves_no_shared_memory(recycle_env
                         str(bases["v1"]), "--steps", "6", "--out", str(tmp_path / "bench")],
                        cache))
     report = json.loads((tmp_path / "bench" / "bench_distill.json").read_text())
-    assert report["finetune"]["steps"] == report["distill"]["steps"] == 6
+    runs = ("finetune", "distill_live", "distill_cold", "distill_warm")
+    assert {report[run]["steps"] for run in runs} == {6} and report["repeats"] == 1
+    ft = report["finetune"]["median_step_time_s"]
     assert report["step_time_ratio"] == pytest.approx(
-        report["distill"]["median_step_time_s"] / report["finetune"]["median_step_time_s"])
-    assert len(report["distill"]["peak_rss_mb_per_rank"]) == 2
+        report["distill_warm"]["median_step_time_s"] / ft)
+    assert report["step_time_ratio_live"] == pytest.approx(
+        report["distill_live"]["median_step_time_s"] / ft)
+    assert [report[run]["teacher_cache"]["status"] for run in runs[1:]] == ["off", "built", "hit"]
+    assert len(report["distill_warm"]["peak_rss_mb_per_rank"]) == 2
     assert report["teacher"]["weights_digest_before"] == report["teacher"]["weights_digest_after"]
+    losses = report["losses"]
+    assert losses["equal"] and losses["steps_compared"] == 6
+    assert losses["cached_final"] == pytest.approx(losses["live_final"], rel=1e-4)
     assert '"step_time_ratio"' in proc.stdout
     # DeepSpeed's CPU all-reduce buffers are unlinked once mapped: launches leave no RAM behind
     assert not set(shm.glob("deepspeed_allreduce_buffer_*")) - before

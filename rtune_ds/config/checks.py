@@ -138,6 +138,9 @@ def validate_distill(cfg: RunConfig, where: str) -> None:
     if d.teacher_deepspeed is not None:
         _require(Path(d.teacher_deepspeed).is_file(), where, "distill.teacher_deepspeed",
                  f"DeepSpeed JSON not found: {d.teacher_deepspeed}")
+    if d.teacher_cache_dir is not None:
+        _require(not Path(d.teacher_cache_dir).exists() or Path(d.teacher_cache_dir).is_dir(),
+                 where, "distill.teacher_cache_dir", f"not a directory: {d.teacher_cache_dir}")
 
 
 def validate_train(cfg: RunConfig, where: str, command: str = "pretrain") -> None:

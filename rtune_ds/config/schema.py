@@ -175,6 +175,10 @@ class DistillConfig:
     beta: float = 0.0  # 0: no hidden-state term
     hidden_layers: list[int] | None = None  # hidden_states indices paired; None: every layer's output
     teacher_deepspeed: str | None = None  # the teacher's own DeepSpeed JSON; None: teacher_offload
+    # classification with beta 0: the teacher's logits over the train split, computed once and
+    # looked up per step (train/teacher_cache.py); false: the teacher runs live every step
+    teacher_cache: bool = True
+    teacher_cache_dir: str | None = None  # None: $RTUNE_CACHE/teacher (~/.cache/rtune_ds/teacher)
 
 
 @dataclass

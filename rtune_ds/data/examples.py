@@ -292,7 +292,9 @@ class ExampleSource:
         return rows
 
     def make_inputs(self, rows: torch.Tensor, keys: list[int]) -> dict[str, torch.Tensor]:
-        batch = self.examples.batch(rows, self.pad_to_max)
+        """The model inputs of `rows`, and the rows themselves (`rows`: what a teacher's cached
+        outputs are looked up by)."""
+        batch = {**self.examples.batch(rows, self.pad_to_max), "rows": rows}
         self.real_tokens += int(batch["attention_mask"].sum())
         self.padded_tokens += batch["attention_mask"].numel()
         return batch

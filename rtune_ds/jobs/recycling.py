@@ -27,8 +27,9 @@ from rtune_ds.recycling.mapping import Mapping, Policy
 from rtune_ds.recycling.teacher import build_teacher, teacher_ds_config
 from rtune_ds.train.distill import Distiller
 from rtune_ds.train.engine import TrainResult
-from rtune_ds.train.inference import frozen_engine
+from rtune_ds.train.inference import class_logits, frozen_engine
 from rtune_ds.train.monitor import Monitor
+from rtune_ds.train.teacher_cache import cached_outputs, default_dir, inputs_digest
 
 
 @dataclass
@@ -222,26 +223,79 @@ def lineage_of(r: Recycling) -> dict:
         "mapping": r.mapping.report() if r.mapping else None}}
 
 
-def distiller(r: Recycling, tokenizer, data) -> Distiller:
+def live_teacher_why(cfg: RunConfig) -> str | None:
+    """Why the teacher runs on every micro-batch instead of being read from the cache, if so."""
+    if not cfg.distill.teacher_cache:
+        return "distill.teacher_cache is false"
+    if cfg.task.type != TaskType.CLASSIFICATION:
+        return "only class logits are cached (task.type lm)"
+    if cfg.distill.beta > 0:
+        return "the hidden-state term (distill.beta > 0) needs the teacher's hidden states"
+    return None
+
+
+def teacher_cache_parts(r: Recycling, tokenizer, data: TaskData, ds_config: dict) -> dict:
+    """What the teacher's class logits over the train split depend on: the teacher (its base's
+    and bundle's content; build_teacher makes it from these alone), the tokenised inputs, the
+    labels kept, the tokenizer, the teacher's precision and the code that runs it."""
+    import peft
+    import transformers
+
+    cfg = r.plan.cfg
+    return {"teacher": {"base": fingerprint(r.teacher.base),
+                        "bundle": bundle_fingerprint(r.old.path)},
+            "inputs": inputs_digest(data.splits["train"]), "task_type": cfg.task.type,
+            "labels": data.label_names, "max_len": cfg.task.max_len,
+            "tokenizer": tokenizer_hash(tokenizer),
+            "precision": "bf16" if ds_config.get("bf16", {}).get("enabled") is True else "fp32",
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                         "peft": peft.__version__}}
+
+
+def frozen_record(teacher, digest_before: str) -> dict:
+    """The teacher's weights before and after its forwards, and that none had a gradient (all
+    ranks call)."""
+    params = list(teacher.module.parameters())
+    return {"weights_digest_before": digest_before,
+            "weights_digest_after": weights_digest(teacher),
+            "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
+            "parameters_with_grad": sum(p.grad is not None for p in params),
+            "zero_stage": teacher.zero_optimization_stage()}
+
+
+def distiller(r: Recycling, tokenizer, data: TaskData) -> tuple[Distiller, dict]:
+    """The distillation loss and the record of its teacher (for run_dir/teacher.json). From the
+    teacher cache: on a hit no teacher is built; on a miss it runs over the train split once
+    and is freed. Otherwise the teacher runs live (`weights_digest_before` recorded now)."""
     cfg, p = r.plan.cfg, r.plan
     ds_config = teacher_ds_config(cfg, dist.world_size(), p.grad_accum, p.schedule.peak_lr,
                                   hidden_size_of(r.teacher.base))
-    teacher = build_teacher(r.old, r.teacher.base, data.label_names, tokenizer.pad_token_id,
-                            ds_config, cfg.seed)
-    return Distiller(teacher, cfg.distill, cfg.task.type, r.teacher.hidden_layers)
 
+    def build():
+        return build_teacher(r.old, r.teacher.base, data.label_names, tokenizer.pad_token_id,
+                             ds_config)
 
-def record_teacher(teacher, digest_before: str, run_dir: Path) -> None:
-    """run_dir/teacher.json: the teacher's weights before and after training (all ranks call)."""
-    params = list(teacher.module.parameters())
-    record = {"weights_digest_before": digest_before,
-              "weights_digest_after": weights_digest(teacher),
-              "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
-              "parameters_with_grad": sum(p.grad is not None for p in params),
-              "zero_stage": teacher.zero_optimization_stage()}
-    if dist.is_main():
-        save_json(record, run_dir / "teacher.json")
-    dist.barrier()
+    why = live_teacher_why(cfg)
+    if why:
+        teacher = build()
+        return (Distiller(teacher, cfg.distill, cfg.task.type, r.teacher.hidden_layers),
+                {"cache": {"status": "off", "why": why},
+                 "weights_digest_before": weights_digest(teacher)})
+    train, ran = data.splits["train"], {}
+
+    def compute() -> torch.Tensor:
+        teacher = build()
+        before = weights_digest(teacher)
+        logits = class_logits(teacher, train, cfg.train.micro_batch_size, len(data.label_names))
+        ran.update(frozen_record(teacher, before))
+        teacher.destroy()
+        return logits
+
+    logits, cache = cached_outputs(cfg.distill.teacher_cache_dir or default_dir(),
+                                   teacher_cache_parts(r, tokenizer, data, ds_config),
+                                   (len(train), len(data.label_names)), compute)
+    return (Distiller(None, cfg.distill, cfg.task.type, [], cached_logits=logits),
+            {"cache": cache, **ran})
 
 
 def compat_result(r: Recycling, metrics: dict, digest: str | None) -> dict:
@@ -280,12 +334,19 @@ def compat(r: Recycling, s: Started) -> dict:
 def tune(r: Recycling, s: Started, command: str) -> TrainResult:
     """Step 4 of the tuning methods: the one loop from the student's state (with the teacher for
     distill), then the new bundle in run_dir/final, its lineage naming the old bundle and both
-    bases; with a teacher, run_dir/teacher.json (all ranks call)."""
-    loss = distiller(r, s.tokenizer, s.data) if r.teacher else None
-    before = weights_digest(loss.teacher) if loss else None
+    bases (and how the teacher cache served); with a teacher, run_dir/teacher.json (all ranks
+    call)."""
+    loss, teacher = distiller(r, s.tokenizer, s.data) if r.teacher else (None, None)
     result = tuning.train(r.plan, s.model, s.tokenizer, s.data, loss)
+    if loss and loss.teacher is not None:  # a live teacher: unchanged by training?
+        teacher.update(frozen_record(loss.teacher, teacher["weights_digest_before"]))
+    lineage = lineage_of(r)
+    if teacher:
+        lineage["recycled"]["teacher_cache"] = teacher["cache"]
     if result.finished:
-        tuning.finish(r.plan, result, s.tokenizer, s.data, s.head, command, lineage_of(r))
-    if loss:
-        record_teacher(loss.teacher, before, s.run_dir)
+        tuning.finish(r.plan, result, s.tokenizer, s.data, s.head, command, lineage)
+    if teacher:
+        if dist.is_main():
+            save_json(teacher, s.run_dir / "teacher.json")
+        dist.barrier()
     return result

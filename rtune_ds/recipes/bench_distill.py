@@ -1,20 +1,37 @@
 """`rtune bench distill`: the step time and peak memory of distillation against plain fine-tuning
 of the same student (the new base, tuned with the bundle's method) on the same data and DeepSpeed
-config, each a real launch; prints JSON. Target: distill / fine-tune step time <= 1.45 (the
-teacher's forward is about a third of a training step). The teacher runs under its own config
-(distill.teacher_deepspeed; stock: ZeRO-3 inference with its parameters offloaded to CPU).
+config, each a real launch; prints JSON. Distillation runs with the same seed and data order in
+three ways: with an empty teacher cache (cold: the teacher runs once over the train split and the
+file is built), with that file (warm: read, no teacher built), and with the teacher live on every
+micro-batch (distill.teacher_cache=false, the uncached run; the teacher under its own config,
+stock: ZeRO-3 inference offloaded to CPU).
+
+After the cold run, fine-tuning, live and warm launches are repeated `repeats` times in ABBA
+order; a ratio is the median over the repeats of the two launches' median step times in that
+repeat, so a drift of a shared machine weighs on both. Targets: warm / fine-tune <= 1.05 (live:
+<= 1.45, the teacher's forward being about a third of a training step), and the warm run's
+per-step losses (train/loss, kd/ce, kd/kl) equal to the live run's to float tolerance.
 """
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 from rtune_ds.artifacts.bundle import open_old_weights
 from rtune_ds.config.load import load_run_config
+from rtune_ds.errors import ConfigError
+from rtune_ds.hardware import cpu_info
 from rtune_ds.jobs import benchmark
 from rtune_ds.launch import launcher_command, run_launch
 
-TARGET = 1.45
+TARGET = 1.05  # warm cache
+TARGET_LIVE = 1.45
+LOSS_TOLERANCE = 1e-4  # relative, per step
+KD_KEYS = ("train/loss", "kd/ce", "kd/kl")
+REPEATED = ("finetune", "distill_live", "distill_warm")
+CACHE_SETTING = {"distill_cold": [], "distill_warm": [],
+                 "distill_live": ["distill.teacher_cache=false"]}
 
 
 def _summary(run_dir: Path) -> dict:
@@ -23,27 +40,77 @@ def _summary(run_dir: Path) -> dict:
             "peak_rss_mb_per_rank": s["peak_rss_mb_per_rank"], "steps": s["step"]}
 
 
+def kd_losses(run_dir: Path) -> list[dict]:
+    """train/loss, kd/ce and kd/kl of every logged step."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: m[k] for k in KD_KEYS} for m in rows if "kd/kl" in m]
+
+
+def compare_losses(live: list[dict], cached: list[dict]) -> dict:
+    """The last step's losses of both runs and their largest relative difference over all steps."""
+    worst = {k: max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for a, b in zip(live, cached))
+             for k in KD_KEYS}
+    return {"live_final": live[-1], "cached_final": cached[-1], "steps_compared": len(live),
+            "max_rel_diff_per_step": worst, "tolerance": LOSS_TOLERANCE,
+            "equal": len(live) == len(cached) and max(worst.values()) <= LOSS_TOLERANCE}
+
+
 def run(config: str, ds_config: str | None, bundle: str, base: str, nproc: int, steps: int,
-        out: str, overrides: list[str]) -> dict:
+        repeats: int, out: str, overrides: list[str]) -> dict:
+    if repeats < 1 or steps < 1:
+        raise ConfigError(f"rtune bench distill: --steps and --repeats must be >= 1 (got {steps}, "
+                          f"{repeats})")
     common = [*overrides, f"model.path={base}", f"train.max_steps={steps}", "train.eval_every=0",
-              *([f"deepspeed={ds_config}"] if ds_config else [])]
+              "train.log_every=1", *([f"deepspeed={ds_config}"] if ds_config else [])]
     cfg = load_run_config(config, [*common, "run_dir=bench-check"], "finetune")  # fail early
     method = open_old_weights(bundle, cfg.task.labels or ["?", "?"], config).method
     out_dir = Path(out)
-    runs = {"finetune": out_dir / "finetune", "distill": out_dir / "distill"}
-    benchmark.new_out(out, *runs.values())
-    run_launch(launcher_command(nproc, ["finetune", "--config", config, *common,
-                                        f"tuning.method={method}",
-                                        f"run_dir={runs['finetune']}"]), "bench distill: finetune")
-    run_launch(launcher_command(nproc, ["recycle", "--config", config, "--method", "distill",
-                                        "--bundle", bundle, "--base", base, *common,
-                                        f"run_dir={runs['distill']}"]), "bench distill: distill")
-    result = {name: _summary(run_dir) for name, run_dir in runs.items()}
-    ratio = result["distill"]["median_step_time_s"] / result["finetune"]["median_step_time_s"]
-    ds_used = json.loads((runs["distill"] / "ds_config.json").read_text())
-    report = {"bench": "distill", "nproc": nproc, "steps": steps, "method": method,
+    cache_dir = out_dir / "teacher_cache"  # empty: the cold run builds
+    cold = out_dir / "distill_cold"
+    runs = {side: [out_dir / f"{side}_{r}" for r in range(repeats)] for side in REPEATED}
+    benchmark.new_out(out, cold, cache_dir, *(d for dirs in runs.values() for d in dirs))
+
+    def launch(side: str, run_dir: Path) -> dict:
+        if side == "finetune":
+            args = ["finetune", "--config", config, *common, f"tuning.method={method}"]
+        else:
+            args = ["recycle", "--config", config, "--method", "distill", "--bundle", bundle,
+                    "--base", base, *common, f"distill.teacher_cache_dir={cache_dir}",
+                    *CACHE_SETTING[side]]
+        run_launch(launcher_command(nproc, [*args, f"run_dir={run_dir}"]),
+                   f"bench distill: {run_dir.name}")
+        return _summary(run_dir)
+
+    cold_run = launch("distill_cold", cold)
+    times = benchmark.interleaved(REPEATED, repeats, lambda side, r: launch(
+        side, runs[side][r])["median_step_time_s"])
+    result = {side: {**_summary(runs[side][0]), "median_step_time_s": statistics.median(t),
+                     "median_step_time_s_per_repeat": t} for side, t in times.items()}
+    result["distill_cold"] = cold_run
+    teachers = {side: json.loads((d / "teacher.json").read_text()) for side, d in (
+        ("distill_cold", cold), ("distill_live", runs["distill_live"][0]),
+        ("distill_warm", runs["distill_warm"][0]))}
+    for side, teacher in teachers.items():
+        result[side]["teacher_cache"] = teacher["cache"]
+
+    def ratio(side: str) -> float:
+        return statistics.median(a / b for a, b in zip(times[side], times["finetune"]))
+
+    ft = result["finetune"]["median_step_time_s"]
+    ds_used = json.loads((cold / "ds_config.json").read_text())
+    report = {"bench": "distill", "nproc": nproc, "steps": steps, "repeats": repeats,
+              "method": method, "cpu": cpu_info()["model"],
               "zero_stage": ds_used["zero_optimization"]["stage"],
               "precision": "bf16" if ds_used.get("bf16", {}).get("enabled") else "fp32",
-              **result, "step_time_ratio": ratio, "target_ratio": TARGET,
-              "teacher": json.loads((runs["distill"] / "teacher.json").read_text())}
+              **result,
+              "step_time_ratio": ratio("distill_warm"), "target_ratio": TARGET,
+              "step_time_ratio_cold": cold_run["median_step_time_s"] / ft,
+              # the cold run's steps plus building the cache, per fine-tuning step
+              "cold_ratio_with_build": (cold_run["median_step_time_s"] * steps
+                                        + teachers["distill_cold"]["cache"]["build_s"])
+              / (ft * steps),
+              "step_time_ratio_live": ratio("distill_live"), "target_ratio_live": TARGET_LIVE,
+              "losses": compare_losses(kd_losses(runs["distill_live"][0]),
+                                       kd_losses(runs["distill_warm"][0])),
+              "teacher": teachers["distill_cold"]}
     return benchmark.publish(report, out_dir / "bench_distill.json")

@@ -11,8 +11,9 @@
    init: tune from the mapped state with the fine-tuning loop (first eval at step 0) -> a new
    bundle in final/ whose lineage names the old bundle and both bases;
    distill: tune the new base from scratch (fresh head/adapter) with the old model as a frozen
-   teacher under its own DeepSpeed config; init+distill: the mapped state plus the teacher.
-   The teacher's weight digest before and after training goes to run_dir/teacher.json.
+   teacher under its own DeepSpeed config (classification: its logits read from the teacher
+   cache, built on a miss); init+distill: the mapped state plus the teacher. run_dir/teacher.json
+   says how the cache served and, where the teacher ran, its weight digest before and after.
 """
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ DeepSpeed config (stock: ds_configs/teacher_offload.json, ZeRO-3 inference with 
 offloaded to CPU), independent of the student's, so offloading the teacher never changes how the
 student is sharded. Every rank runs one teacher forward, then one student forward, per micro-batch:
 ZeRO-3 gathers parameters collectively, so the sequence of forwards must match across ranks.
+Classification without the hidden-state term reads the teacher's logits from the teacher cache
+(train/teacher_cache.py) instead: the teacher then runs once over the train split, or not at all.
 """
 from __future__ import annotations
 
@@ -26,9 +28,14 @@ def teacher_ds_config(cfg: RunConfig, world: int, grad_accum: int, peak_lr: floa
     return inference_config(ds)
 
 
+# The teacher is the old model alone, the same for every seed and arm (so its outputs can be
+# cached across them): a head parameter the bundle does not set would be drawn from this seed.
+TEACHER_SEED = 0
+
+
 def build_teacher(old: OldWeights, old_base: str, label_names: list[str] | None,
-                  pad_token_id: int | None, ds_config: dict, seed: int):
+                  pad_token_id: int | None, ds_config: dict):
     """The old model under its own frozen DeepSpeed engine (ZeRO-3: each rank loads its shard)."""
     model = transplant(old, old_base, labels=label_names, pad_token_id=pad_token_id,
-                       where=str(old.path), ds_config=ds_config, seed=seed).model
+                       where=str(old.path), ds_config=ds_config, seed=TEACHER_SEED).model
     return frozen_engine(model, ds_config)

@@ -1,4 +1,5 @@
-"""The distillation objective the one loop runs, given a frozen teacher engine."""
+"""The distillation objective the one loop runs, given a frozen teacher engine or its cached
+logits."""
 from __future__ import annotations
 
 import torch
@@ -11,10 +12,16 @@ from rtune_ds.train.objectives import IGNORE, hidden_mse, kd_kl, kd_total
 class Distiller:
     """The loss of the one loop for distillation: (1−α)·CE + α·T²·KL(teacher_T ‖ student_T)
     (+ β·hidden-state MSE). Its `scalars()` (kd/ce, kd/kl, kd/hidden: means over the micro-batches
-    since the last call, over all ranks) is called by the loop on every rank at log steps."""
+    since the last call, over all ranks) is called by the loop on every rank at log steps.
 
-    def __init__(self, teacher, settings: DistillConfig, task_type: str, hidden_layers: list[int]):
+    The teacher's logits come from its forward on each micro-batch, or, given `cached_logits`
+    (the teacher's logits of every train example, train/teacher_cache.py), are looked up by the
+    batch's `rows` (its examples' indices in the split) and no teacher runs: `teacher` is None."""
+
+    def __init__(self, teacher, settings: DistillConfig, task_type: str, hidden_layers: list[int],
+                 cached_logits: torch.Tensor | None = None):
         self.teacher, self.s, self.task_type = teacher, settings, task_type
+        self.cached_logits = cached_logits
         self.hidden_layers = hidden_layers if settings.beta > 0 else []
         self.sums = torch.zeros(4, dtype=torch.float64)  # ce, kl, hidden, micro-batches
 
@@ -24,9 +31,14 @@ class Distiller:
         hidden = [out.hidden_states[i] for i in self.hidden_layers]
         return out.logits, hidden
 
-    def __call__(self, engine, batch: dict) -> torch.Tensor:
+    def _teacher(self, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self.cached_logits is not None:
+            return self.cached_logits[batch["rows"]], []
         with torch.no_grad():
-            t_logits, t_hidden = self._forward(self.teacher, batch)
+            return self._forward(self.teacher, batch)
+
+    def __call__(self, engine, batch: dict) -> torch.Tensor:
+        t_logits, t_hidden = self._teacher(batch)
         s_logits, s_hidden = self._forward(engine, batch)
         labels = batch["labels"]
         if self.task_type == "classification":

@@ -11,6 +11,7 @@ import math
 import torch
 
 from rtune_ds import dist
+from rtune_ds.train.inference import rank_shards
 from rtune_ds.train.objectives import IGNORE, LMObjective, lm_loss
 
 EVAL_KEY_OFFSET = 1 << 40  # eval masks never coincide with a training sample's
@@ -58,16 +59,6 @@ def classification_metrics(confusion: torch.Tensor) -> dict[str, float]:
             "eval/f1": f1[present].mean().item() if present.any() else 0.0}
 
 
-def _shards(examples, micro_batch: int):
-    """This rank's example index lists, one per forward, taken in length order so that each
-    batch is padded to little more than its own rows; every rank gets the same number (padding
-    batches are empty lists)."""
-    world, rank, order = dist.world_size(), dist.rank(), examples.by_length().tolist()
-    for b in range(math.ceil(len(order) / (micro_batch * world))):
-        start = (b * world + rank) * micro_batch
-        yield order[start:start + micro_batch]
-
-
 @torch.no_grad()
 def predict_classification(model: torch.nn.Module, examples, micro_batch: int,
                            num_labels: int) -> tuple[torch.Tensor, float]:
@@ -77,7 +68,7 @@ def predict_classification(model: torch.nn.Module, examples, micro_batch: int,
     may have more rows."""
     predicted = torch.zeros(len(examples), dtype=torch.float64)
     loss_sum = torch.zeros(1, dtype=torch.float64)
-    for idx in _shards(examples, micro_batch):
+    for idx in rank_shards(examples, micro_batch):
         weight = 1.0 if idx else 0.0
         batch = examples.batch(idx or [0])  # a padding forward keeps ranks in step
         logits = model(input_ids=batch["input_ids"],
@@ -136,7 +127,7 @@ def evaluate_sft(model: torch.nn.Module, examples, micro_batch: int, max_new_tok
     targets = examples.labels != IGNORE
     steps = min(int(targets.sum(1).max()), max_new_tokens)
     sums = torch.zeros(3, dtype=torch.float64)  # loss x tokens, tokens, exact matches
-    for idx in _shards(examples, micro_batch):
+    for idx in rank_shards(examples, micro_batch):
         weight = 1.0 if idx else 0.0
         idx = idx or [0]
         batch = examples.batch(idx)

@@ -1,10 +1,16 @@
 """A frozen model under DeepSpeed, for forwards only (a compatibility check, a distillation
 teacher): no optimizer and no gradients. Under ZeRO-3 the parameters stay partitioned (and may be
-offloaded to CPU by the config's offload_param) and are gathered layer by layer in the forward."""
+offloaded to CPU by the config's offload_param) and are gathered layer by layer in the forward.
+Forwards over a split are shared out between the ranks, the same number on every rank (ZeRO-3
+gathers parameters collectively, so unequal counts would deadlock)."""
 from __future__ import annotations
+
+import math
 
 import deepspeed
 import torch
+
+from rtune_ds import dist
 
 INFERENCE_DROPS = ("optimizer", "scheduler", "gradient_clipping")
 
@@ -28,3 +34,28 @@ def frozen_engine(model: torch.nn.Module, ds_config: dict):
     engine, *_ = deepspeed.initialize(model=model, config=inference_config(ds_config))
     engine.eval()
     return engine
+
+
+def rank_shards(examples, micro_batch: int):
+    """This rank's example index lists, one per forward, taken in length order so that each
+    batch is padded to little more than its own rows; every rank gets the same number (padding
+    batches are empty lists)."""
+    world, rank, order = dist.world_size(), dist.rank(), examples.by_length().tolist()
+    for b in range(math.ceil(len(order) / (micro_batch * world))):
+        start = (b * world + rank) * micro_batch
+        yield order[start:start + micro_batch]
+
+
+@torch.no_grad()
+def class_logits(model, examples, micro_batch: int, num_labels: int) -> torch.Tensor:
+    """[len(examples), num_labels] fp32: the first `num_labels` logits of every example, on every
+    rank. Each rank runs its share of the forwards and fills its rows; the rows are disjoint, so
+    summing the ranks' tables (zeros elsewhere) gathers them exactly."""
+    table = torch.zeros(len(examples), num_labels, dtype=torch.float32)
+    for idx in rank_shards(examples, micro_batch):
+        batch = examples.batch(idx or [0])  # a padding forward keeps ranks in step
+        logits = model(input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"]).logits[:, :num_labels].float()
+        if idx:
+            table[idx] = logits
+    return dist.all_reduce_sum(table)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 IGNORE = -100
+MODEL_INPUTS = ("input_ids", "attention_mask", "labels")  # what a batch hands the model
 
 
 @dataclass
@@ -83,6 +84,7 @@ def lm_loss(model, batch: dict[str, torch.Tensor], masked_rows: bool = True) -> 
     gets), hands the head the masked rows. Every rank runs the same submodule forwards in the same
     order, as ZeRO-3's parameter gathering needs; only the row count differs.
     """
+    batch = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
     head = mlm_head_of(model) if masked_rows else None
     if head is None:
         return model(**batch).loss
