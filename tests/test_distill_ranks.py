@@ -112,7 +112,8 @@ def test_distillation_settings_are_validated_by_key(recycle_env):
     _, bases, bundles, _ = recycle_env
     for override, key in (("distill.alpha=1.5", "distill.alpha"),
                           ("distill.temperature=0", "distill.temperature"),
-                          ("distill.hidden_layers=[9]", "distill.hidden_layers")):
+                          ("distill.hidden_layers=[9]", "distill.hidden_layers"),
+                          ("distill.teacher_cache_dir=README.md", "distill.teacher_cache_dir")):
         extra = [override] + (["distill.beta=1.0"] if "hidden" in key else [])
         proc = recycle(recycle_env, "kd_bad", bundles["full"], bases["v1"], method="distill",
                        extra=extra)
