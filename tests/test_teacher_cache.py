@@ -104,6 +104,23 @@ def test_the_inputs_digest_follows_the_ids_and_the_masks():
     assert teacher_cache.inputs_digest(Examples(ids, other_mask, torch.tensor([0, 1]))) != digest
 
 
+@pytest.mark.parametrize("precision, shift, equal", [
+    ("fp32", 5e-5, True), ("fp32", 5e-4, False),
+    ("bf16", 1e-3, True),  # what a bf16 teacher's batch-shaped rounding does (llama-10m, 30 steps)
+    ("bf16", 2e-2, False)])
+def test_bench_distill_judges_cached_losses_by_the_precisions_tolerance(precision, shift, equal):
+    from rtune_ds.recipes.bench_distill import compare_losses
+
+    live = [{"train/loss": 1.4, "kd/ce": 2.0, "kd/kl": 0.002}, {"train/loss": 0.7, "kd/ce": 1.3,
+                                                               "kd/kl": 0.001}]
+    cached = [{k: v + shift for k, v in step.items()} for step in live]
+    found = compare_losses(live, cached, precision)
+    assert found["equal"] is equal and found["steps_compared"] == 2
+    assert found["max_abs_diff_per_step"] == pytest.approx(dict.fromkeys(live[0], shift))
+    assert found["max_rel_diff_per_step"]["kd/kl"] == pytest.approx(shift / 0.001)
+    assert compare_losses(live, cached[:1], precision)["equal"] is False  # a step missing
+
+
 # --- the real teacher on the tiny fixture (slow: the session's recycle_env tunes two bundles) ---
 
 @pytest.mark.slow
