@@ -103,6 +103,22 @@ def test_auto_values_are_filled_from_the_run_config(tmp_path):
     assert precision == "fp32"
 
 
+@pytest.mark.parametrize("name, torch_adam", [("zero0.json", True), ("zero3.json", True),
+                                               ("zero2_offload.json", False),
+                                               ("zero3_offload.json", False)])
+def test_the_default_optimizer_is_torch_fused_adamw_unless_offloaded(tmp_path, name, torch_adam):
+    # DeepSpeed's FusedAdam costs every rank a JIT load per launch; an offloaded optimizer must
+    # be DeepSpeed's CPU Adam (DeepSpeed refuses a torch optimizer with offload)
+    cfg = load(tmp_path, tiny_config(tmp_path / "r"))
+    out, _, _ = resolve(cfg, read_ds_config(str(DS_CONFIGS / name))[0])
+    params = out["optimizer"]["params"]
+    assert out["optimizer"]["type"] == "AdamW" and params["lr"] == 3e-3
+    assert params.get("torch_adam", False) is torch_adam
+    assert params.get("fused", False) is torch_adam
+    mine = {"type": "AdamW", "params": {"lr": "auto"}}
+    assert "torch_adam" not in resolve(cfg, {"optimizer": mine})[0]["optimizer"]["params"]
+
+
 def test_auto_reduce_bucket_is_hidden_squared_on_gpus(monkeypatch):
     import deepspeed.accelerator
 
