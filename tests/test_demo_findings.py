@@ -63,8 +63,8 @@ def world(init=0.80, distill=0.62, both=0.85, vanilla=0.6, v0=0.5, compat=0.55) 
     arms = {"v0": correct(v0), "vanilla": correct(vanilla), "init": correct(init),
             "distill": correct(distill, offset=100), "init+distill": correct(both)}
     dev = {"v0": 0.5, "vanilla": 0.6, "init": 0.7, "distill": 0.61, "init+distill": 0.8}
-    return {"correct": {"few": arms}, "dev_means": {"few": dev}, "compat": correct(compat),
-            "chance": correct(0.2)[0]}
+    return {"correct": {"few": arms}, "dev_means": {"few": dev},
+            "compat": {"full": correct(compat)}, "chance": correct(0.2)[0]}
 
 
 PASSED, FAILED = {"passed": True}, {"passed": False}
@@ -102,6 +102,20 @@ def test_init_distill_is_set_against_the_single_method_best_on_dev_not_on_test()
     w["dev_means"]["few"]["distill"] = 0.9
     t = judged(w)["init+distill − best single (few)"]
     assert t["best_single"] == "distill" and t["verdict"] == "contradicted"
+
+
+def test_a_lora_regime_is_set_against_the_lora_bundles_compat():
+    w, lora = world(), world(init=0.5)
+    w["correct"]["few-lora"] = lora["correct"]["few"]
+    w["dev_means"]["few-lora"] = lora["dev_means"]["few"]
+    w["compat"]["lora"] = correct(0.7)
+    out = judged(w)
+    assert "compat − chance (lora)" in out and "v1 − v0 (few-lora)" in out
+    # init beats the full-FT bundle's compat (0.55) but not the LoRA bundle's (0.7)
+    assert out["init − compat (few)"]["verdict"] == "reproduced"
+    assert out["init − compat (few-lora)"]["difference"] == pytest.approx(-0.2)
+    assert out["init − compat (few-lora)"]["verdict"] == "contradicted"
+    assert out["compat − chance (lora)"]["difference"] == pytest.approx(0.5)
 
 
 def test_a_failed_gate_blocks_every_method_verdict_but_not_the_premises():
@@ -164,12 +178,19 @@ def test_each_arm_gets_its_own_lr_chosen_on_dev():
         for lr, dev in zip((1e-4, 3e-4, 1e-3), values):
             info = {**arm(name, "few", 0, lr), "dev": dev, "test": 1.0 - dev, "best_step": 0}
             grid[run_name(info)] = info
-    assert chosen_lrs(grid, [1e-4, 3e-4, 1e-3]) == {"few": {"vanilla": 3e-4, "init": 1e-4}}
+    grids = {"few": [1e-4, 3e-4, 1e-3]}
+    assert chosen_lrs(grid, grids) == {"few": {"vanilla": 3e-4, "init": 1e-4}}
     tie = {n: {**r, "dev": 0.5} for n, r in grid.items()}
-    assert chosen_lrs(tie, [1e-4, 3e-4, 1e-3])["few"]["vanilla"] == 1e-4  # first listed
+    assert chosen_lrs(tie, grids)["few"]["vanilla"] == 1e-4  # first listed
+    # each regime on its own grid: a LoRA regime's grid has LRs the full-FT one lacks
+    lora = {run_name(info): info for info in (
+        {**arm("vanilla", "few-lora", 0, lr), "dev": dev, "test": 0.0, "best_step": 0}
+        for lr, dev in ((1e-3, 0.4), (1e-2, 0.6)))}
+    assert chosen_lrs({**grid, **lora}, {**grids, "few-lora": [1e-3, 1e-2]})["few-lora"] == \
+        {"vanilla": 1e-2}
     del grid[run_name(arm("init", "few", 0, 3e-4))]
     with pytest.raises(ValueError, match="few/init has no result for"):
-        chosen_lrs(grid, [1e-4, 3e-4, 1e-3])
+        chosen_lrs(grid, grids)
 
 
 def test_the_table_has_every_arm_with_its_seeds_in_order():

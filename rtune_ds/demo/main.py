@@ -32,10 +32,14 @@ from rtune_ds.demo.plan import (
     Planner,
     arm,
     compat,
+    data_regime,
     ds_config_path,
     load_budget,
+    lr_keys,
     reported_seeds,
     run_name,
+    tuning_method,
+    tuning_methods,
     write_configs,
 )
 from rtune_ds.errors import ConfigError
@@ -45,11 +49,12 @@ from rtune_ds.launch import launcher_command, run_launches
 from rtune_ds.models.released import RELEASED, check_manifest, fetch_released, file_digests
 
 
-def run(profile: str, out: str, nproc: int | None, workers: int | None, seeds: int | None,
-        data: str | None, ds_config: str | None, base_dir: str | None, command: str) -> dict:
+def run(profile: str, full: bool, out: str, nproc: int | None, workers: int | None,
+        seeds: int | None, data: str | None, ds_config: str | None, base_dir: str | None,
+        command: str) -> dict:
     """The whole demo into `out`; returns the report (also printed as markdown)."""
     start = time.time()
-    budget = load_budget(profile, seeds)
+    budget = load_budget(profile, seeds, full)
     nproc, workers = nproc or budget["nproc"], workers or budget["workers"]
     for flag, value in (("--nproc", nproc), ("--workers", workers)):
         if value < 1:
@@ -68,7 +73,8 @@ def run(profile: str, out: str, nproc: int | None, workers: int | None, seeds: i
     for name, wave in planner.waves():
         todo |= run_wave(name, wave, out_dir, nproc, workers, timed)
     lrs = results.chosen_lrs(results.read_results([j for _, w in planner.waves() for j in w]),
-                             budget["tune"]["lr_grid"])
+                             {r: lr_keys(budget, tuning_method(r))["lr_grid"]
+                              for r in planner.regimes()})
     waves = planner.waves(lrs)
     todo |= run_wave(*waves[-1], out_dir, nproc, workers, timed)
     jobs = [j for _, wave in waves for j in wave]
@@ -134,7 +140,9 @@ def run_wave(name: str, jobs: list[Job], out: Path, nproc: int, workers: int,
 
 
 def check_budget_unchanged(out: Path, budget: dict) -> None:
-    """A rerun into the same OUT reuses finished runs, so they must come from the same budget."""
+    """A rerun into the same OUT reuses finished runs, so they must come from the same budget; the
+    regimes may differ (--full after the main study runs only the jobs main did not)."""
+    budget = {k: v for k, v in budget.items() if k not in ("regimes", "full")}
     path = out / "demo.json"
     if path.is_file():
         before = json.loads(path.read_text())["budget"]
@@ -160,18 +168,19 @@ def build_report(jobs: list[Job], out: Path, meta: dict) -> dict:
               for regime in regimes}
     complete = {regime: {name: rs for name, rs in arms.items() if len(rs) == len(seeds)}
                 for regime, arms in by_arm.items()}
-    compat_runs = [found[run_name(compat(s))] for s in seeds]
+    compat_runs = {m: [found[run_name(compat(s, method=m))] for s in seeds]
+                   for m in tuning_methods(b)}
     tested = findings.contrasts(
         {regime: {name: [r["correct"] for r in rs] for name, rs in arms.items()}
          for regime, arms in complete.items()},
         {regime: {name: statistics.fmean(r["dev"] for r in rs) for name, rs in arms.items()}
          for regime, arms in complete.items()},
-        [r["correct"] for r in compat_runs],
-        results.chance_correct(out / "tasks", compat_runs[0]), gate)
+        {m: [r["correct"] for r in runs] for m, runs in compat_runs.items()},
+        results.chance_correct(out / "tasks", compat_runs["full"][0]), gate)
     conv = {regime: findings.convergence(
         {name: {r["seed"]: results.dev_curve(logs[run_name(arm(name, regime, r["seed"]))])
                 for r in rs} for name, rs in arms.items()},
-        b["tune"][regime]["max_steps"], b["tune"]["global_batch_size"])
+        b["tune"][data_regime(regime)]["max_steps"], b["tune"]["global_batch_size"])
         for regime, arms in complete.items()}
     found_analyses = results.analyses(runs)
     v1 = json.loads((runs / "v1" / "summary.json").read_text())

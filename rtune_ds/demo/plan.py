@@ -30,7 +30,10 @@ from rtune_ds.resources import DEMO_BUDGETS, DS_CONFIGS
 
 TASKS = {"supersense": "general", "foldoc_category": "computing"}  # task -> its domain
 NEW_TASK = "foldoc_category"  # the domain v1 is continually pretrained on; recycling happens here
-REGIMES = ("few", "full")  # few-shot (K per class: the paper's main regime) and full data
+# a regime: few-shot (K per class: the paper's main regime) or full data, tuned with full
+# fine-tuning (the bundles: v0 fully fine-tuned) or, with "-lora", with LoRA (the bundles: LoRA
+# adapters of v0)
+REGIMES = ("few", "full", "few-lora", "full-lora")
 RECYCLED = ("init", "distill", "init+distill")  # the recycling methods that tune
 # the tuned arms of a regime: v0 (plain tuning of v0, for v1 − v0), vanilla (plain tuning of v1)
 # and the recycling methods on v1
@@ -43,13 +46,24 @@ SECONDS = "demo_seconds.json"  # in a job's run dir: the seconds the job took
 
 # ---------------------------------------------------------------- the budget
 
-def load_budget(profile: str, seeds: int | None, path: Path = DEMO_BUDGETS) -> dict:
-    """The budget `profile` (quick, main or full) of `path`, with --seeds applied."""
+def load_budget(profile: str, seeds: int | None, full: bool = False,
+                path: Path = DEMO_BUDGETS) -> dict:
+    """The budget `profile` (quick or main) of `path`, with --seeds applied; `full` (--full):
+    its `full_regimes` instead of its `regimes`."""
     budgets = yaml.safe_load(path.read_text())
     if profile not in budgets:
         raise ConfigError(f"{path}: no budget '{profile}' (has {', '.join(budgets)})")
-    b = {k: v for k, v in budgets[profile].items()}
-    b["profile"] = profile
+    b = {k: v for k, v in budgets[profile].items() if k != "full_regimes"}
+    if full:
+        b["regimes"] = budgets[profile]["full_regimes"]
+    unknown = [r for r in b["regimes"] if r not in REGIMES]
+    if unknown:
+        key = f"{profile}.{'full_' if full else ''}regimes"
+        raise ConfigError(f"{path}: key '{key}': unknown {unknown} (known: {', '.join(REGIMES)})")
+    if "lora" in tuning_methods(b) and "lora" not in b["tune"]:
+        raise ConfigError(f"{path}: key '{profile}.tune.lora' (bundle_lr, lr_grid) is needed by "
+                          "the LoRA regimes")
+    b["profile"], b["full"] = profile, full
     if seeds is not None:
         if seeds < 1:
             raise ConfigError(f"--seeds {seeds}: must be >= 1")
@@ -82,17 +96,40 @@ def reported_seeds(b: dict) -> range:
     return range(1, b["seeds"] + 1)
 
 
+def data_regime(regime: str) -> str:
+    """few or full: the data a regime tunes on (its budget: demo.yaml tune.<few|full>)."""
+    return regime.removesuffix("-lora")
+
+
+def tuning_method(regime: str) -> str:
+    """full or lora: how a regime's arms and bundles are tuned."""
+    return "lora" if regime.endswith("-lora") else "full"
+
+
+def tuning_methods(b: dict) -> list[str]:
+    """The tuning methods of the bundles: full always (the gate, the compat curve and the
+    analyses rest on the fully fine-tuned bundles), LoRA when a regime tunes with it."""
+    return ["full", *(["lora"] if any(tuning_method(r) == "lora" for r in b["regimes"]) else [])]
+
+
+def lr_keys(b: dict, method: str) -> dict:
+    """The bundle LR and the LR grid of a tuning method (LoRA's: demo.yaml tune.lora)."""
+    t = b["tune"] if method == "full" else b["tune"][method]
+    return {"bundle_lr": t["bundle_lr"], "lr_grid": t["lr_grid"]}
+
+
 # ---------------------------------------------------------------- the runs and their names
 
-def bundle(seed: int, base: str = "v0") -> dict:
-    """`base` tuned on the new task with full data (v0's are the bundles recycled)."""
-    return {"kind": "bundle", "base": base, "seed": seed}
+def bundle(seed: int, base: str = "v0", method: str = "full") -> dict:
+    """`base` tuned on the new task with full data by `method` (v0's are the bundles
+    recycled)."""
+    return {"kind": "bundle", "base": base, "seed": seed, "method": method}
 
 
-def compat(seed: int, point: float = 1.0) -> dict:
-    """Bundle `seed` scored with no training on v1 at `point` of its continual pretraining (0: v0
-    itself, 1: v1's final weights)."""
-    return {"kind": "compat", "seed": seed, "point": point}
+def compat(seed: int, point: float = 1.0, method: str = "full") -> dict:
+    """Bundle `seed` (of `method`) scored with no training on v1 at `point` of its continual
+    pretraining (0: v0 itself, 1: v1's final weights)."""
+    return {"kind": "compat", "seed": seed, "point": point, "method": method}
 
 
 def arm(name: str, regime: str, seed: int, lr: float | None = None) -> dict:
@@ -103,10 +140,11 @@ def arm(name: str, regime: str, seed: int, lr: float | None = None) -> dict:
 
 def run_name(info: dict) -> str:
     """The run dir name (under OUT/runs) of a tuning or compat run: the one place it is made."""
+    lora = "-lora" if info.get("method") == "lora" else ""
     if info["kind"] == "bundle":
-        return f"{info['base']}-tuned-s{info['seed']}"
+        return f"{info['base']}{lora}-tuned-s{info['seed']}"
     if info["kind"] == "compat":
-        return f"compat-s{info['seed']}-at{round(100 * info['point'])}"
+        return f"compat{lora}-s{info['seed']}-at{round(100 * info['point'])}"
     name = f"{info['regime']}-{info['arm'].replace('+', '_')}-s{info['seed']}"
     return name if info["kind"] == "arm" else f"grid-{name}-lr{info['lr']:g}"
 
@@ -181,10 +219,15 @@ def task_config(b: dict, tasks: Path, runs: Path, ds: str) -> dict:
                       "min_lr_ratio": t["min_lr_ratio"]}}
 
 
+def full_data(method: str) -> str:
+    """The full-data regime of a tuning method: the bundles' regime."""
+    return "full" if method == "full" else f"full-{method}"
+
+
 def budget_keys(b: dict, regime: str) -> dict:
     """The train keys of a fixed budget: the steps, the eval interval, a warmup of the budget's
-    fraction of the steps; the cosine decay spans the rest (demo.yaml: tune.<regime>)."""
-    r = b["tune"][regime]
+    fraction of the steps; the cosine decay spans the rest (demo.yaml: tune.<few|full>)."""
+    r = b["tune"][data_regime(regime)]
     return {"max_steps": r["max_steps"], "eval_every": r["eval_every"],
             "warmup_steps": round(b["tune"]["warmup_fraction"] * r["max_steps"])}
 
@@ -239,16 +282,18 @@ class Planner:
         return str(self.runs / run_name(info) / "final")
 
     def regime(self, regime: str) -> list[str]:
-        """Overrides of a data regime: few-shot draws K per class from the train split and from
-        the dev pool (never the dev records that chose the bundles)."""
+        """Overrides of a regime: few-shot draws K per class from the train split and from the
+        dev pool (never the dev records that chose the bundles); LoRA tunes adapters."""
         few = ([f"task.few_shot={self.b['tune']['few_shot']}",
-                f"task.dev={self.tasks / f'{NEW_TASK}_dev_pool.jsonl'}"] if regime == "few"
-               else [])
-        return few + [f"train.{k}={v}" for k, v in budget_keys(self.b, regime).items()]
+                f"task.dev={self.tasks / f'{NEW_TASK}_dev_pool.jsonl'}"]
+               if data_regime(regime) == "few" else [])
+        method = tuning_method(regime)
+        return (few + ([f"tuning.method={method}"] if method != "full" else [])
+                + [f"train.{k}={v}" for k, v in budget_keys(self.b, regime).items()])
 
     def cost(self, regime: str) -> float:
         t = self.b["tune"]
-        return t[regime]["max_steps"] * t["global_batch_size"] * t["max_len"]
+        return t[data_regime(regime)]["max_steps"] * t["global_batch_size"] * t["max_len"]
 
     def tune(self, info: dict, base: str, regime: str, lr: float) -> Job:
         name = run_name(info)
@@ -261,7 +306,7 @@ class Planner:
     def recycle(self, info: dict, method: str, seed: int, base: str, regime: str = "full",
                 lr: float | None = None) -> Job:
         name, is_compat = run_name(info), method == RecyclingMethod.COMPAT
-        old = self.final(bundle(seed))
+        old = self.final(bundle(seed, method=tuning_method(regime)))
         # compat at 0% of v1's run scores the bundle on v0 itself: the curve's starting point
         same_base = is_compat and info.get("point") == 0.0
         args = ["recycle", "--method", method, "--bundle", old, "--base", base,
@@ -291,23 +336,26 @@ class Planner:
                    str(self.configs / "v0.yaml"), [], "final/config.json",
                    {"kind": "pretrain"}, b["base"]["steps"] * c["micro_batch_size"]
                    * c["seq_len"])] if pretrains_v0(b, self.base_dir) else [])
-        bl = b["tune"]["bundle_lr"]
         second = [Job(v, ["pretrain", "--resume", "auto"], str(self.runs / v),
                       str(self.configs / f"{v}.yaml"), [], "final/config.json",
                       {"kind": "pretrain"}, steps * c["micro_batch_size"] * c["seq_len"] * 2)
                   for v, steps in (("v1", c["steps"] + c.get("head_warmup_steps", 0)),
                                    ("rand", 1))]
-        second += [self.tune(bundle(s), "v0", "full", bl) for s in seeds]
+        methods = tuning_methods(b)
+        second += [self.tune(bundle(s, method=m), "v0", full_data(m), lr_keys(b, m)["bundle_lr"])
+                   for m in methods for s in seeds]
         points = {0.0: self.base["v0"],
                   **{f: str(self.runs / "v1" / "exports" / f"step-{s}")
                      for f, s in export_steps(b).items()}}
-        third = [self.recycle(compat(s), RecyclingMethod.COMPAT, s, self.base["v1"])
-                 for s in seeds]
+        third = [self.recycle(compat(s, method=m), RecyclingMethod.COMPAT, s, self.base["v1"],
+                              full_data(m)) for m in methods for s in seeds]
         third += [self.recycle(compat(1, p), RecyclingMethod.COMPAT, 1, base)
                   for p, base in points.items()]
-        third += [self.tune(bundle(1, base), base, "full", bl) for base in ("v1", "rand")]
+        third += [self.tune(bundle(1, base), base, "full", lr_keys(b, "full")["bundle_lr"])
+                  for base in ("v1", "rand")]
         third += [self.arm_job(arm(a, regime, CALIBRATION_SEED, lr), lr)
-                  for regime in self.regimes() for a in ARMS for lr in b["tune"]["lr_grid"]]
+                  for regime in self.regimes() for a in ARMS
+                  for lr in lr_keys(b, tuning_method(regime))["lr_grid"]]
         waves = [(name, jobs) for name, jobs in (
             ("v0 pretrained here", v0), ("v1, rand and the v0 bundles", second),
             ("compat, the LR grid, the analysed models", third)) if jobs]

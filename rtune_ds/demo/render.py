@@ -6,8 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from rtune_ds.demo.findings import BLOCKED
-from rtune_ds.demo.plan import ARMS, CALIBRATION_SEED, NEW_TASK, arm, run_name
-from rtune_ds.demo.results import REGIME_LABEL, dev_curve
+from rtune_ds.demo.plan import (
+    ARMS,
+    CALIBRATION_SEED,
+    NEW_TASK,
+    arm,
+    data_regime,
+    lr_keys,
+    run_name,
+    tuning_methods,
+)
+from rtune_ds.demo.results import dev_curve, regime_label
 from rtune_ds.io import pyplot, save_figure, save_json, save_text
 from rtune_ds.report import markdown_table
 
@@ -37,7 +46,7 @@ def markdown(report: dict) -> str:
             f"v0 = `{base['path']}` (--base-dir)" if base["source"] == "--base-dir" else
             f"v0 = preset `{base['preset']}` pretrained here")
     lines = [
-        f"# rtune demo ({report['profile']})", "",
+        f"# rtune demo ({report['profile']}{' --full' if report['budget']['full'] else ''})", "",
         f"{what}; {report['precision']['chosen']} ({report['precision']['why']}); "
         f"{report['workers']} jobs at once × {report['nproc']} rank(s) on {report['cpu']}, "
         f"DeepSpeed `{report['ds_config']}`; wall time {report['wall_time_s']:.0f} s "
@@ -93,21 +102,25 @@ def protocol(report: dict) -> list[str]:
              f"- seeds: {', '.join(str(s) for s in range(1, report['seeds'] + 1))}, paired: seed "
              "s is v0's bundle tuned with seed s, the few-shot sample s and every arm of seed s "
              f"recycling bundle s. Seed {CALIBRATION_SEED} only chooses the LRs (not reported).",
-             f"- bundles: v0 tuned with full data at LR {t['bundle_lr']:g}, "
-             f"{t['full']['max_steps']} steps.",
-             *(f"- {REGIME_LABEL[r]}: a fixed budget of {t[r]['max_steps']} steps, warmup "
-               f"{t['warmup_fraction']:.0%} then cosine to {t['min_lr_ratio']:g}× the LR, dev "
-               f"every {t[r]['eval_every']} steps from step 0; the best dev state (step 0 "
-               "included) is scored on test once." for r in b["regimes"]),
+             *(f"- {'LoRA ' if m == 'lora' else ''}bundles: v0 tuned "
+               f"{'with LoRA' if m == 'lora' else 'fully'} on full data at LR "
+               f"{lr_keys(b, m)['bundle_lr']:g}, {t['full']['max_steps']} steps."
+               for m in tuning_methods(b)),
+             *(f"- {regime_label(r)}: a fixed budget of {t[data_regime(r)]['max_steps']} steps, "
+               f"warmup {t['warmup_fraction']:.0%} then cosine to {t['min_lr_ratio']:g}× the LR,"
+               f" dev every {t[data_regime(r)]['eval_every']} steps from step 0; the best dev "
+               "state (step 0 included) is scored on test once." for r in b["regimes"]),
              f"- few-shot samples: {t['few_shot']} per class for train and for dev.",
              f"- distillation: α = {t['distill']['alpha']:g}, T = "
-             f"{t['distill']['temperature']:g} (loss (1−α)·CE + α·T²·KL).",
-             f"- LR: every arm on the grid {', '.join(f'{x:g}' for x in t['lr_grid'])}, each "
-             f"choosing its best dev accuracy on seed {CALIBRATION_SEED}.", ""]
+             f"{t['distill']['temperature']:g} (loss (1−α)·CE + α·T²·KL; the paper's code "
+             "sweeps α in {0.7, 0.9} and T in {5, 10, 20}).",
+             *(f"- LR{' (LoRA)' if m == 'lora' else ''}: every arm on the grid "
+               f"{', '.join(f'{x:g}' for x in lr_keys(b, m)['lr_grid'])}, each choosing its best"
+               f" dev accuracy on seed {CALIBRATION_SEED}." for m in tuning_methods(b)), ""]
     lrs = report["chosen_lr"]
     lines += markdown_table(
         ["regime", "arm", "LR", "dev acc (seed 0)", "best step"],
-        ([REGIME_LABEL[r["regime"]], r["arm"], f"{r['lr']:g}"
+        ([regime_label(r["regime"]), r["arm"], f"{r['lr']:g}"
           + (" (chosen)" if lrs[r["regime"]][r["arm"]] == r["lr"] else ""), fmt(r["dev"]),
           r["best_step"]] for r in report["grid"]))
     return lines + [""]
@@ -134,7 +147,7 @@ def results_table(report: dict) -> list[str]:
              "on the same test set), mean ± sd over the reported seeds, per seed in order.", ""]
     return lines + markdown_table(
         ["arm", "regime", "test acc (mean ± sd)", "test per seed", "dev per seed"],
-        ([r["run"], REGIME_LABEL.get(r["regime"], "–"),
+        ([r["run"], regime_label(r["regime"]),
           f"{fmt(r['test_mean'])} ± {fmt(r['test_std'])}",
           " / ".join(fmt(x) for x in r["test_per_seed"]),
           " / ".join(fmt(x) for x in r["dev_per_seed"])] for r in report["table"])) + [""]
@@ -167,7 +180,7 @@ def convergence_table(conv: dict) -> list[str]:
         for name, c in arms.items():
             for e in c["per_seed"]:
                 reach = e.get("reach", "–")
-                rows.append([REGIME_LABEL[regime], name, e["seed"], fmt(e["target"]),
+                rows.append([regime_label(regime), name, e["seed"], fmt(e["target"]),
                              fmt(e["start"]),
                              f"{reach['step']} ({reach['examples']})" if isinstance(reach, dict)
                              else reach, f"{e['auc_minus_vanilla']:+.3f}"])
@@ -283,7 +296,7 @@ def convergence_plot(report: dict, logs: dict[str, list[dict]]):
                 curve = dev_curve(logs.get(run_name(arm(name, regime, seed)), []))
                 ax.plot([x for x, _ in curve], [y for _, y in curve], color=f"C{k}", alpha=0.7,
                         label=name if seed == 1 else None)
-        ax.set_title(f"{NEW_TASK}, {REGIME_LABEL[regime]} (a line per seed)")
+        ax.set_title(f"{NEW_TASK}, {regime_label(regime)} (a line per seed)")
         ax.set_xlabel("step")
         ax.set_ylabel("dev accuracy")
         ax.legend(fontsize=8)

@@ -17,12 +17,21 @@ from rtune_ds.demo.plan import (
     SECONDS,
     Job,
     arm,
+    compat,
+    data_regime,
     run_name,
+    tuning_method,
 )
 from rtune_ds.jobs.tuning import PREDICTIONS
 from rtune_ds.train.monitor import read_metrics
 
-REGIME_LABEL = {"full": "full data", "few": "few-shot"}
+
+def regime_label(regime: str | None) -> str:
+    """few-shot or full data, with ", LoRA" for the LoRA regimes ("–": no regime)."""
+    if regime is None:
+        return "–"
+    data = {"full": "full data", "few": "few-shot"}[data_regime(regime)]
+    return data + (", LoRA" if tuning_method(regime) == "lora" else "")
 
 
 def read_json(path: Path) -> dict:
@@ -118,14 +127,17 @@ def grid_table(results: dict[str, dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (r["regime"], ARMS.index(r["arm"]), r["lr"]))
 
 
-def chosen_lrs(results: dict[str, dict], lr_grid: list[float]) -> dict[str, dict[str, float]]:
-    """{regime: {arm: the grid LR with the arm's best dev accuracy on the calibration seed}}; a
-    tie goes to the LR listed first. Chosen on dev only: test plays no part."""
+def chosen_lrs(results: dict[str, dict], grids: dict[str, list[float]]
+               ) -> dict[str, dict[str, float]]:
+    """{regime: {arm: the LR of the regime's grid (grids: {regime: [lr]}) with the arm's best
+    dev accuracy on the calibration seed}}; a tie goes to the LR listed first. Chosen on dev
+    only: test plays no part."""
     chosen: dict[str, dict[str, float]] = {}
     for row in grid_table(results):
         chosen.setdefault(row["regime"], {}).setdefault(row["arm"], [])
         chosen[row["regime"]][row["arm"]].append((row["lr"], row["dev"]))
     for regime, arms in chosen.items():
+        lr_grid = grids[regime]
         for name, rows in arms.items():
             dev = dict(rows)
             missing = [lr for lr in lr_grid if lr not in dev]
@@ -148,9 +160,11 @@ def table(results: dict[str, dict], regimes: list[str], seeds) -> list[dict]:
     and sd of test over seeds."""
     groups = [(f"v1 · {name}" if name != "v0" else "v0 · vanilla", regime,
                of_arm(results, name, regime, seeds)) for regime in regimes for name in ARMS]
-    groups.append(("v0 bundle on v1 · compat (no training)", None,
-                   [r for r in (results.get(run_name({"kind": "compat", "seed": s,
-                                                       "point": 1.0})) for s in seeds) if r]))
+    for method in dict.fromkeys(tuning_method(r) for r in regimes):
+        groups.append((f"v0 {'LoRA ' if method == 'lora' else ''}bundle on v1 · compat "
+                       "(no training)", None,
+                       [r for r in (results.get(run_name(compat(s, method=method)))
+                                    for s in seeds) if r]))
     rows = []
     for label, regime, runs in groups:
         if not runs:
@@ -168,7 +182,7 @@ def gate_bundles(results: dict[str, dict], seeds) -> list[dict]:
     accuracy on v1 and the dev majority baseline: the gate's second check."""
     out = []
     for s in [CALIBRATION_SEED, *seeds]:
-        c = results.get(run_name({"kind": "compat", "seed": s, "point": 1.0}))
+        c = results.get(run_name(compat(s)))
         if c is not None:
             out.append({"seed": s, "old_dev": c["old_dev"], "compat_dev": c["dev"],
                         "majority": c["majority"]})
@@ -176,8 +190,10 @@ def gate_bundles(results: dict[str, dict], seeds) -> list[dict]:
 
 
 def compat_curve(results: dict[str, dict]) -> list[dict]:
-    """[{point, dev, test, old_dev, majority}] of bundle 1 along v1's run, by point."""
-    rows = [r for r in results.values() if r["kind"] == "compat" and r["seed"] == 1]
+    """[{point, dev, test, old_dev, majority}] of bundle 1 (full FT) along v1's run, by
+    point."""
+    rows = [r for r in results.values()
+            if r["kind"] == "compat" and r["seed"] == 1 and r["method"] == "full"]
     return [{k: r[k] for k in ("point", "dev", "test", "old_dev", "majority")}
             for r in sorted(rows, key=lambda r: r["point"])]
 
