@@ -25,6 +25,7 @@ from rtune_ds.demo.plan import (
     CALIBRATION_SEED,
     RECYCLED,
     REGIMES,
+    SECONDS,
     Job,
     Planner,
     bundle,
@@ -99,6 +100,51 @@ def test_full_reuses_the_out_of_the_main_study_but_another_budget_is_refused(tmp
         check_budget_unchanged(tmp_path, {**load_budget("main", 5), "base_dir": None})
     with pytest.raises(ConfigError, match="another budget"):
         check_budget_unchanged(tmp_path, {**main, "base_dir": "/elsewhere"})
+
+
+def test_a_failing_job_is_named_with_its_error_whatever_the_error_class(tmp_path):
+    from rtune_ds.demo.runner import run_plan
+    from rtune_ds.errors import RunError
+    from rtune_ds.io import WriteFailed, save_json
+
+    job = Job("few-init-s1", ["finetune"], str(tmp_path / "run"), "task.yaml", [], "summary.json")
+    save_json({"jobs": [asdict(job)]}, tmp_path / "plan.json")
+
+    def disk_full(argv):
+        raise WriteFailed(tmp_path / "run" / "checkpoints", "No space left on device")
+
+    with pytest.raises(RunError, match=r"demo job few-init-s1 \(run dir .*\): .*checkpoints: "
+                                       r"writing it failed \(No space left on device\)"):
+        run_plan(str(tmp_path / "plan.json"), disk_full)
+
+    def bad_key(argv):
+        raise ConfigError("task.yaml: key 'train.lr' must be > 0")
+
+    with pytest.raises(ConfigError, match="demo job few-init-s1 .*key 'train.lr'"):
+        run_plan(str(tmp_path / "plan.json"), bad_key)
+
+
+def test_a_finished_job_keeps_its_export_but_not_its_checkpoints(tmp_path):
+    from rtune_ds.demo.runner import run_plan
+    from rtune_ds.errors import RunError
+    from rtune_ds.io import save_json
+
+    done, stopped = (Job(name, ["finetune"], str(tmp_path / name), "task.yaml", [], "summary.json")
+                     for name in ("done", "stopped"))
+
+    def train(argv):  # a job: its checkpoints, its export, then its summary if it finishes
+        run = Path(argv[argv.index("--config") + 2].split("=", 1)[1])
+        for d in ("checkpoints/step_00000004", "final"):
+            (run / d).mkdir(parents=True)
+        if run.name == "done":
+            (run / "summary.json").write_text("{}")
+
+    save_json({"jobs": [asdict(done), asdict(stopped)]}, tmp_path / "plan.json")
+    with pytest.raises(RunError, match="demo job stopped: stopped before it finished"):
+        run_plan(str(tmp_path / "plan.json"), train)
+    assert (tmp_path / "done" / "final").is_dir() and (tmp_path / "done" / SECONDS).is_file()
+    assert not (tmp_path / "done" / "checkpoints").exists()
+    assert (tmp_path / "stopped" / "checkpoints" / "step_00000004").is_dir()  # it resumes
 
 
 def chosen(b: dict) -> dict:

@@ -1,10 +1,11 @@
 """Inside one of the demo's deepspeed launches: every job of its plan file in turn, in this
 process, each run as `rtune <job.argv()>` through the CLI's table of commands (so the ranks start
 once per launch); rank 0 prints one line per job and records the job's seconds in its run dir
-(demo_seconds.json) as soon as the job is done."""
+(demo_seconds.json) as soon as the job is done, when its checkpoints are deleted."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,11 +28,15 @@ def run_plan(plan: str, run: Callable[[list[str]], None]) -> None:
         t0 = time.time()
         try:
             run(job.argv())
-        except (ConfigError, RunError) as err:
-            raise type(err)(f"demo job {job.name} (run dir {job.run_dir}): {err}") from err
+        except (ConfigError, RunError) as err:  # the base class: a subclass may take other args
+            kind = ConfigError if isinstance(err, ConfigError) else RunError
+            raise kind(f"demo job {job.name} (run dir {job.run_dir}): {err}") from err
         check_done(job)
         if dist.is_main():
             save_json({"seconds": round(time.time() - t0, 1)}, Path(job.run_dir) / SECONDS)
+            # a finished job is read through its final export only; its DeepSpeed checkpoints
+            # (the optimizer state: ~350 MB a MiniLM job) would make the study tens of GB
+            shutil.rmtree(Path(job.run_dir) / "checkpoints", ignore_errors=True)
 
 
 def check_done(job: Job) -> None:
