@@ -27,7 +27,6 @@ from rtune_ds.demo.data import data_dir, study_data
 from rtune_ds.demo.plan import (
     ARMS,
     PLAN,
-    REGIMES,
     Job,
     Planner,
     arm,
@@ -36,6 +35,7 @@ from rtune_ds.demo.plan import (
     ds_config_path,
     load_budget,
     lr_keys,
+    regimes_of,
     reported_seeds,
     run_name,
     tuning_method,
@@ -162,7 +162,7 @@ def build_report(jobs: list[Job], out: Path, meta: dict) -> dict:
     logs = results.read_logs(jobs, found)
     pre = results.pretraining(runs)
     seeds = list(reported_seeds(b))
-    regimes = [r for r in REGIMES if r in b["regimes"]]
+    regimes = regimes_of(b)
     gate = findings.upgrade_gate(pre.get("v1"), results.gate_bundles(found, seeds), b["gate"])
     by_arm = {regime: {name: results.of_arm(found, name, regime, seeds) for name in ARMS}
               for regime in regimes}

@@ -96,6 +96,11 @@ def reported_seeds(b: dict) -> range:
     return range(1, b["seeds"] + 1)
 
 
+def regimes_of(b: dict) -> list[str]:
+    """The budget's regimes in the order of REGIMES (the report's order)."""
+    return [r for r in REGIMES if r in b["regimes"]]
+
+
 def data_regime(regime: str) -> str:
     """few or full: the data a regime tunes on (its budget: demo.yaml tune.<few|full>)."""
     return regime.removesuffix("-lora")
@@ -324,7 +329,7 @@ class Planner:
         return self.recycle(info, name, seed, self.base["v1"], regime, lr)
 
     def regimes(self) -> list[str]:
-        return [r for r in REGIMES if r in self.b["regimes"]]
+        return regimes_of(self.b)
 
     def waves(self, lrs: dict[str, dict[str, float]] | None = None
               ) -> list[tuple[str, list[Job]]]:

@@ -11,7 +11,7 @@ import math
 import torch
 
 from rtune_ds import dist
-from rtune_ds.train.inference import rank_shards
+from rtune_ds.train.inference import class_logits, rank_shards
 from rtune_ds.train.objectives import IGNORE, LMObjective, lm_loss
 
 EVAL_KEY_OFFSET = 1 << 40  # eval masks never coincide with a training sample's
@@ -59,26 +59,15 @@ def classification_metrics(confusion: torch.Tensor) -> dict[str, float]:
             "eval/f1": f1[present].mean().item() if present.any() else 0.0}
 
 
-@torch.no_grad()
 def predict_classification(model: torch.nn.Module, examples, micro_batch: int,
                            num_labels: int) -> tuple[torch.Tensor, float]:
     """(the predicted class of every example, in the split's order; the summed cross-entropy),
-    over all of `examples`, which every rank holds: each rank runs its share and the results are
-    summed. Only the first `num_labels` logits are read: a model shared by a library of bundles
-    may have more rows."""
-    predicted = torch.zeros(len(examples), dtype=torch.float64)
-    loss_sum = torch.zeros(1, dtype=torch.float64)
-    for idx in rank_shards(examples, micro_batch):
-        weight = 1.0 if idx else 0.0
-        batch = examples.batch(idx or [0])  # a padding forward keeps ranks in step
-        logits = model(input_ids=batch["input_ids"],
-                       attention_mask=batch["attention_mask"]).logits[:, :num_labels].float()
-        loss = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
-        loss_sum += weight * loss.double()
-        if idx:
-            predicted[idx] = logits.argmax(-1).double()
-    predicted, loss_sum = dist.all_reduce_sum(predicted), dist.all_reduce_sum(loss_sum)
-    return predicted.long(), loss_sum.item()
+    over all of `examples`, which every rank holds: each rank runs its share (class_logits).
+    Only the first `num_labels` logits are read: a model shared by a library of bundles may have
+    more rows."""
+    logits = class_logits(model, examples, micro_batch, num_labels)
+    loss = torch.nn.functional.cross_entropy(logits, examples.labels, reduction="none")
+    return logits.argmax(-1), loss.double().sum().item()
 
 
 def classification_scores(predicted: torch.Tensor, gold: torch.Tensor, loss_sum: float,
