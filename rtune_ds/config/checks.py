@@ -104,7 +104,9 @@ def validate_data(cfg: RunConfig, where: str) -> None:
 
 def validate_task(cfg: RunConfig, where: str) -> None:
     k, u = cfg.task, cfg.tuning
-    _require(k.train is not None, where, "task.train", "is required (a jsonl/csv/parquet file)")
+    _require(k.train is not None or cfg.distill.unlabeled is not None, where, "task.train",
+             "is required (a jsonl/csv/parquet file), or distill.unlabeled for label-free "
+             "recycling")
     _require(k.dev is not None, where, "task.dev", "is required (a jsonl/csv/parquet file)")
     for key in ("train", "dev", "test"):
         path = getattr(k, key)
@@ -138,6 +140,9 @@ def validate_distill(cfg: RunConfig, where: str) -> None:
     if d.teacher_deepspeed is not None:
         _require(Path(d.teacher_deepspeed).is_file(), where, "distill.teacher_deepspeed",
                  f"DeepSpeed JSON not found: {d.teacher_deepspeed}")
+    if d.unlabeled is not None:
+        _require(Path(d.unlabeled).is_file(), where, "distill.unlabeled",
+                 f"file of unlabeled inputs not found: {d.unlabeled}")
     if d.teacher_cache_dir is not None:
         _require(not Path(d.teacher_cache_dir).exists() or Path(d.teacher_cache_dir).is_dir(),
                  where, "distill.teacher_cache_dir", f"not a directory: {d.teacher_cache_dir}")

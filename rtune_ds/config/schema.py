@@ -179,6 +179,11 @@ class DistillConfig:
     # looked up per step (train/teacher_cache.py); false: the teacher runs live every step
     teacher_cache: bool = True
     teacher_cache_dir: str | None = None  # None: $RTUNE_CACHE/teacher (~/.cache/rtune_ds/teacher)
+    # label-free recycling: a file of inputs (jsonl/csv/parquet with task.text_field, or .txt, one
+    # per line) whose labels, if any, are never read. distill and init+distill train on it with
+    # alpha 1 (KL only) and keep their last weights (no labels choose them); compat adds the
+    # label-free score (agreement and KL between the old model and the bundle on the new base)
+    unlabeled: str | None = None
 
 
 @dataclass

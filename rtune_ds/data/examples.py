@@ -183,13 +183,36 @@ def encode_sft(prompts: list[str], completions: list[str], tokenizer, max_len: i
     return Examples(ids, mask, labels, torch.tensor(prompt_lens, dtype=torch.long))
 
 
-def load_task(task: TaskConfig, tokenizer, seed: int, where: str) -> TaskData:
+def encode_unlabeled(path: str, task: TaskConfig, tokenizer, where: str) -> Examples:
+    """Label-free training inputs: the texts of `path` (task.text_field; a .txt file's lines),
+    their labels never read. classification: IGNORE as every label (a loss that read one would
+    be NaN, not quietly wrong); lm: the whole text is the completion, every token a target."""
+    key = "distill.unlabeled"
+    if Path(path).suffix in (".txt", ".text"):
+        table, field = datasets.load_dataset("text", data_files=str(path), split="train"), "text"
+        table = table.filter(lambda row: bool(row["text"].strip()))
+    else:
+        table, field = load_table(path, key, where), task.text_field
+    texts = [str(x) for x in column(table, field, "task.text_field", path, where)]
+    if not texts:
+        raise ConfigError(f"{path}: no inputs ({key} in {where})")
+    if task.type == "classification":
+        return encode_classification(texts, [IGNORE] * len(texts), tokenizer, task.max_len)
+    return encode_sft([""] * len(texts), texts, tokenizer, task.max_len)
+
+
+def load_task(task: TaskConfig, tokenizer, seed: int, where: str,
+              unlabeled: str | None = None) -> TaskData:
     """Read, check and tokenise every split. Labels outside the label set, missing columns and
-    empty splits are errors that name the file and the key."""
+    empty splits are errors that name the file and the key. `unlabeled`: the train split is that
+    file's texts with no labels (label-free recycling), and task.train is not read."""
     files = {s: getattr(task, s) for s in ("train", "dev", "test") if getattr(task, s)}
+    if unlabeled:
+        files.pop("train", None)
     tables = {s: load_table(p, f"task.{s}", where) for s, p in files.items()}
     if tokenizer.pad_token_id is None:
-        raise ConfigError(f"{where}: key 'model.path': the base's tokenizer has no pad token")
+        raise ConfigError(f"{where}: key 'model.path': the base's tokenizer has no pad token "
+                          "and no EOS token to pad with")
     splits, sizes, label_names = {}, {}, None
     if task.type == "classification":
         columns = {s: (column(t, task.text_field, "task.text_field", files[s], where),
@@ -198,8 +221,8 @@ def load_task(task: TaskConfig, tokenizer, seed: int, where: str) -> TaskData:
                    for s, t in tables.items()}
         label_names = list(task.labels) if task.labels else sorted(set(columns["train"][1]))
         if len(label_names) < 2:
-            raise ConfigError(f"{files['train']}: only one label ({label_names}); a classifier "
-                              "needs at least two")
+            raise ConfigError(f"{files.get('train', where)}: only one label ({label_names}); a "
+                              "classifier needs at least two")
         index = {name: i for i, name in enumerate(label_names)}
         for s, (texts, labels) in columns.items():
             unknown = sorted(set(labels) - set(index))
@@ -224,6 +247,9 @@ def load_task(task: TaskConfig, tokenizer, seed: int, where: str) -> TaskData:
                 raise ConfigError(f"{files[s]}: no examples")
             splits[s] = encode_sft([str(x) for x in prompts], [str(x) for x in completions],
                                    tokenizer, task.max_len)
+    if unlabeled:
+        splits["train"], files = encode_unlabeled(unlabeled, task, tokenizer, where), \
+            {"train": unlabeled, **files}
     sizes = {s: len(e) for s, e in splits.items()}
     return TaskData(task.type, label_names, splits, files, sizes)
 

