@@ -23,6 +23,7 @@ from rtune_ds.demo.data import study_data
 from rtune_ds.demo.plan import (
     ARMS,
     CALIBRATION_SEED,
+    LABEL_FREE,
     RECYCLED,
     REGIMES,
     SECONDS,
@@ -33,6 +34,7 @@ from rtune_ds.demo.plan import (
     data_regime,
     ds_config_path,
     export_steps,
+    label_free_compat,
     load_budget,
     lr_keys,
     run_name,
@@ -219,9 +221,14 @@ def test_every_arm_runs_the_grid_on_the_calibration_seed_and_each_seed_at_its_lr
                 assert not any("patience" in o for o in j.overrides), j.name
                 seed = j.info["seed"]
                 assert f"seed={seed}" in j.overrides, j.name  # the few-shot sample s
-                if name in RECYCLED:  # recycles the bundle of its own seed and method
+                if name in (*RECYCLED, LABEL_FREE):  # recycles its own seed's bundle
                     assert j.args[j.args.index("--bundle") + 1] == \
                         planner.final(bundle(seed, method=method)), j.name
+                # label-free reads the train texts, never their labels; the others no such file
+                unlabeled = j.args[j.args.index("--unlabeled") + 1] \
+                    if "--unlabeled" in j.args else None
+                assert unlabeled == (str(planner.tasks / "foldoc_category_train.jsonl")
+                                     if name == LABEL_FREE else None), j.name
                 # v0 and vanilla tune with the regime's method; recycling, with the bundle's
                 assert (f"tuning.method={method}" in j.overrides) == (method != "full"), j.name
                 few = [o for o in j.overrides if o.startswith("task.")]
@@ -238,6 +245,7 @@ def test_every_arm_runs_the_grid_on_the_calibration_seed_and_each_seed_at_its_lr
         for s in [CALIBRATION_SEED, *seeds]:
             assert run_name(bundle(s, method=method)) in names
             assert run_name(compat(s, method=method)) in names
+            assert run_name(label_free_compat(s, method)) in names
     assert sorted(j.info["seed"] for j in jobs if j.info["kind"] == "compat"
                   and j.info["point"] == 1.0) == sorted([CALIBRATION_SEED, *seeds] * len(methods))
 
@@ -378,9 +386,20 @@ def test_demo_quick_report_matches_the_runs(tmp_path):
     assert points == [0.0, 0.25, 0.5, 0.75, 1.0]
     start = json.loads((runs / "compat-s1-at0" / "compat.json").read_text())
     assert start["dev"]["accuracy"] == start["old_metrics"]["dev"]["eval/accuracy"]  # v0 = itself
+    # the label-free arm read no label and kept its last weights; each bundle's label-free score
+    # is its compat run's, beside the labeled decision
+    free = json.loads((runs / "few-label-free-s1" / "final" / "lineage.json").read_text())
+    assert free["recycled"]["label_free"]["alpha"] == 1.0 and free["metrics"]["best_step"] is None
+    decisions = report["label_free_decisions"]
+    assert decisions["of"] == 2  # the bundles of seeds 0 and 1
+    for row in decisions["bundles"]:
+        score = json.loads((runs / f"compat-label-free-s{row['seed']}" / "compat.json")
+                           .read_text())["label_free"]
+        assert row["agreement"] == score["agreement"] and 0 < row["agreement"] <= 1
     md = (out / "report.md").read_text()
     for heading in ("## In short", "## Protocol", "## The upgrade gate", "## Contrasts",
-                    "## Convergence", "## Analyses", "## Wall time per phase"):
+                    "## Deciding without labels", "## Convergence", "## Analyses",
+                    "## Wall time per phase"):
         assert heading in md, heading
     for key, t in c.items():
         assert f"| {key} |" in md and f"{t['difference']:+.3f}" in md

@@ -59,10 +59,13 @@ def correct(accuracy: float, offset: int = 0, seeds: int = 3) -> list[list[int]]
     return [[int((i - offset) % N < k) for i in range(N)] for _ in range(seeds)]
 
 
-def world(init=0.80, distill=0.62, both=0.85, vanilla=0.6, v0=0.5, compat=0.55) -> dict:
+def world(init=0.80, distill=0.62, both=0.85, vanilla=0.6, v0=0.5, compat=0.55,
+          free=0.75) -> dict:
     arms = {"v0": correct(v0), "vanilla": correct(vanilla), "init": correct(init),
-            "distill": correct(distill, offset=100), "init+distill": correct(both)}
-    dev = {"v0": 0.5, "vanilla": 0.6, "init": 0.7, "distill": 0.61, "init+distill": 0.8}
+            "distill": correct(distill, offset=100), "init+distill": correct(both),
+            "label-free": correct(free)}
+    dev = {"v0": 0.5, "vanilla": 0.6, "init": 0.7, "distill": 0.61, "init+distill": 0.8,
+           "label-free": 0.7}
     return {"correct": {"few": arms}, "dev_means": {"few": dev},
             "compat": {"full": correct(compat)}, "chance": correct(0.2)[0]}
 
@@ -79,7 +82,8 @@ def test_every_contrast_is_judged_with_its_numbers():
     out = judged(world())
     assert set(out) == {"init − vanilla (few)", "distill − vanilla (few)",
                         "init+distill − best single (few)", "init − compat (few)",
-                        "v1 − v0 (few)", "compat − chance"}
+                        "v1 − v0 (few)", "compat − chance", "label-free − compat (few)",
+                        "label-free − vanilla (few)"}
     t = out["init − vanilla (few)"]
     assert t["difference"] == pytest.approx(0.2) and t["ci_low"] > 0
     assert t["verdict"] == "reproduced" and t["items"] == N and t["seeds"] == 3
@@ -93,6 +97,34 @@ def test_every_contrast_is_judged_with_its_numbers():
 def test_a_contrast_flips_to_contradicted_when_its_arm_is_worse():
     assert judged(world(init=0.4))["init − vanilla (few)"]["verdict"] == "contradicted"
     assert judged(world(v0=0.8))["v1 − v0 (few)"]["verdict"] == "contradicted"
+
+
+@pytest.mark.parametrize("free, vs_compat, vs_vanilla", [
+    (0.75, "reproduced", "reproduced"), (0.56, "inconclusive", "contradicted"),
+    (0.45, "contradicted", "contradicted")])
+def test_label_free_is_judged_against_the_bundle_as_it_is_and_against_vanilla(free, vs_compat,
+                                                                               vs_vanilla):
+    out = judged(world(free=free))  # compat 0.55, vanilla 0.6
+    assert out["label-free − compat (few)"]["verdict"] == vs_compat
+    assert out["label-free − vanilla (few)"]["verdict"] == vs_vanilla
+    assert out["label-free − compat (few)"]["difference"] == pytest.approx(free - 0.55)
+
+
+def bundle_scores(agreement: float, compat_dev: float) -> dict:
+    return {"method": "full", "seed": 1, "old_dev": 0.7, "compat_dev": compat_dev,
+            "majority": 0.2, "agreement": agreement, "mean_kl": 0.1}
+
+
+@pytest.mark.parametrize("agreement, compat_dev, labeled, label_free", [
+    (0.95, 0.69, "keep", "keep"), (0.95, 0.40, "re-tune", "keep"),
+    (0.50, 0.69, "keep", "re-tune"), (0.50, 0.40, "re-tune", "re-tune")])
+def test_the_label_free_decision_is_set_against_the_labeled_one(agreement, compat_dev, labeled,
+                                                                label_free):
+    d = F.label_free_decisions([bundle_scores(agreement, compat_dev)])
+    row = d["bundles"][0]
+    assert (row["labeled"], row["label_free"]) == (labeled, label_free)
+    assert d["same"] == int(labeled == label_free) and d["of"] == 1
+    assert row["gain_kept"] == pytest.approx((compat_dev - 0.2) / 0.5)
 
 
 def test_init_distill_is_set_against_the_single_method_best_on_dev_not_on_test():
@@ -132,7 +164,7 @@ def test_compat_against_chance_is_judged_once_over_regimes():
     w["correct"]["full"], w["dev_means"]["full"] = w["correct"]["few"], w["dev_means"]["few"]
     out = judged(w)
     assert "init − vanilla (full)" in out and list(out).count("compat − chance") == 1
-    assert len(out) == 11
+    assert len(out) == 15
 
 
 def test_convergence_is_measured_only_where_the_arm_starts_below_vanillas_best():
@@ -198,7 +230,7 @@ def test_the_table_has_every_arm_with_its_seeds_in_order():
              for a in ARMS for s in (2, 1)}
     rows = table(found, ["few"], [1, 2])
     assert [r["run"] for r in rows] == ["v0 · vanilla", "v1 · vanilla", "v1 · init",
-                                        "v1 · distill", "v1 · init+distill"]
+                                        "v1 · distill", "v1 · init+distill", "v1 · label-free"]
     assert rows[0]["seeds"] == [1, 2] and rows[0]["test_per_seed"] == pytest.approx([0.41, 0.42])
     assert rows[0]["test_mean"] == pytest.approx(0.415)
 

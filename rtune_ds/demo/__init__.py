@@ -13,14 +13,17 @@ it stopped.
    rtune_ds/resources/calibration/), exported along the way; rand is v0's architecture drawn at
    random;
 3. the bundles: v0 tuned on the computing task with full data, one per seed (fully, and with
-   LoRA under --full); compat of each on v1, and of bundle 1 along v1's run;
+   LoRA under --full); compat of each on v1, with labels and without (agreement with the old
+   model over the train texts), and of bundle 1 along v1's run;
 4. the arms of each regime (few-shot; --full adds full data and the LoRA regimes): v0 and v1
-   tuned plainly, init, distill and init+distill on v1, each on an LR chosen from the same grid
+   tuned plainly, init, distill and init+distill on v1, and label-free init+distill (the train
+   texts without labels, KL only, the last weights kept), each on an LR chosen from the same grid
    on the calibration seed 0, then run on seeds 1..N (seed s recycles bundle s); the analyses
    (connectivity, head similarity) of the models tuned on v0 and on v1 between a floor and a
    ceiling;
 5. the report: the upgrade gate, the pre-registered contrasts (paired bootstrap over test items,
-   Holm-corrected), convergence and the analyses; OUT/report.md, report.json and PNG plots, every
+   Holm-corrected), the label-free decisions against the labeled ones, convergence and the
+   analyses; OUT/report.md, report.json and PNG plots, every
    number read from the runs' files.
 
 The budgets of the main study and of `--quick` are data: rtune_ds/resources/demo.yaml.

@@ -9,6 +9,7 @@ import statistics
 
 from rtune_ds.analysis.statistics import judge, paired_bootstrap
 from rtune_ds.demo.plan import tuning_method
+from rtune_ds.recycling.advice import AGREE_AT, KEEP_AT, kept_gain
 
 NO_UPGRADE = "no upgrade: recycling is untestable here"
 BLOCKED = "blocked (no upgrade)"
@@ -30,10 +31,14 @@ CONTRASTS = {
                 "vanilla", "v0"),
     "compat − chance": ("the old bundle still works on v1 with no training, above chance",
                         "compat", "chance"),
+    "label-free − compat": ("label-free init+distill (no label read) improves on the bundle as "
+                            "it is", "label-free", "compat"),
+    "label-free − vanilla": ("label-free init+distill beats plain tuning of v1 with labels",
+                             "label-free", "vanilla"),
 }
 # the contrasts about recycling methods: they rest on the premise that v1 is an upgrade
 METHOD_CONTRASTS = ("init − vanilla", "distill − vanilla", "init+distill − best single",
-                    "init − compat")
+                    "init − compat", "label-free − compat", "label-free − vanilla")
 
 
 # ---------------------------------------------------------------- the gate
@@ -103,6 +108,26 @@ def contrasts(correct: dict[str, dict[str, list[list[int]]]], dev_means: dict[st
         if key in METHOD_CONTRASTS and not gate["passed"]:
             t["verdict"] = BLOCKED
     return judged
+
+
+# ---------------------------------------------------------------- label-free decisions
+
+def label_free_decisions(bundles: list[dict], keep_at: float = KEEP_AT,
+                         agree_at: float = AGREE_AT) -> dict:
+    """Does the label-free compat score decide as the labeled one does? Per bundle: labeled, keep
+    when compat keeps at least `keep_at` of its dev gain over the majority class; label-free,
+    keep when it agrees with the old model on at least `agree_at` of the inputs; else re-tune.
+    Then how many bundles the two decisions agree on."""
+    rows = []
+    for b in bundles:
+        kept = kept_gain("classification", b["old_dev"], b["compat_dev"], b["majority"])
+        labeled = "keep" if kept is not None and kept >= keep_at else "re-tune"
+        free = "keep" if b["agreement"] >= agree_at else "re-tune"
+        rows.append({**b, "gain_kept": kept, "labeled": labeled, "label_free": free,
+                     "same": labeled == free})
+    same = sum(r["same"] for r in rows)
+    return {"bundles": rows, "same": same, "of": len(rows),
+            "thresholds": {"keep_at": keep_at, "agree_at": agree_at}}
 
 
 # ---------------------------------------------------------------- convergence

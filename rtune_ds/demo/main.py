@@ -191,6 +191,8 @@ def build_report(jobs: list[Job], out: Path, meta: dict) -> dict:
                        for n, r in found.items()},
               "grid": results.grid_table(found), "table": results.table(found, regimes, seeds),
               "compat_curve": results.compat_curve(found), "contrasts": tested,
+              "label_free_decisions": findings.label_free_decisions(
+                  results.label_free_library(found, tuning_methods(b), seeds)),
               "convergence": conv, "analyses": findings.analyses_summary(found_analyses),
               "phases": phases(jobs, meta)}
     return render.write_report(report, logs, found_analyses, out)

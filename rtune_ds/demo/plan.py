@@ -8,8 +8,8 @@ at once (demo.main spreads them over its workers):
 1. v0, when it is pretrained here (--quick);
 2. v1 (continual pretraining of v0), rand (v0's architecture drawn at random), and the bundles:
    v0 tuned on the new task with full data, one per seed (seed 0 is the calibration seed);
-3. what needs v1 and the bundles: compat of every bundle on v1, compat of bundle 1 along v1's run,
-   the LR grid (every arm on the calibration seed at every LR of the grid), and the models the
+3. what needs v1 and the bundles: compat of every bundle on v1 (scored with labels, and without:
+   agreement with the old model), compat of bundle 1 along v1's run, the LR grid (every arm on the calibration seed at every LR of the grid), and the models the
    analyses compare (v1 and rand tuned like the bundles);
 4. planned once the grid has chosen each arm's LR: every arm of every reported seed, and the
    analyses.
@@ -35,9 +35,12 @@ NEW_TASK = "foldoc_category"  # the domain v1 is continually pretrained on; recy
 # adapters of v0)
 REGIMES = ("few", "full", "few-lora", "full-lora")
 RECYCLED = ("init", "distill", "init+distill")  # the recycling methods that tune
+# init+distill with no label read: the task's train texts as unlabeled inputs (alpha 1, the last
+# weights kept), as a team that kept its inputs but not its labels can run it
+LABEL_FREE = "label-free"
 # the tuned arms of a regime: v0 (plain tuning of v0, for v1 − v0), vanilla (plain tuning of v1)
-# and the recycling methods on v1
-ARMS = ("v0", "vanilla", *RECYCLED)
+# and the recycling methods on v1, labeled and label-free
+ARMS = ("v0", "vanilla", *RECYCLED, LABEL_FREE)
 CALIBRATION_SEED = 0  # chooses the LRs; never reported
 METRIC = "eval/accuracy"
 PLAN = "plan.json"  # in OUT: the jobs of a launch (plan-<worker>.json when several run at once)
@@ -137,6 +140,12 @@ def compat(seed: int, point: float = 1.0, method: str = "full") -> dict:
     return {"kind": "compat", "seed": seed, "point": point, "method": method}
 
 
+def label_free_compat(seed: int, method: str = "full") -> dict:
+    """Bundle `seed` (of `method`) on v1 with no training, scored without labels: its agreement
+    and KL with the old model over the task's train texts."""
+    return {"kind": "label-free compat", "seed": seed, "method": method}
+
+
 def arm(name: str, regime: str, seed: int, lr: float | None = None) -> dict:
     """An arm of `regime` (ARMS) for seed `seed`; with `lr`, a run of the LR grid."""
     info = {"kind": "arm", "arm": name, "regime": regime, "seed": seed}
@@ -150,6 +159,8 @@ def run_name(info: dict) -> str:
         return f"{info['base']}{lora}-tuned-s{info['seed']}"
     if info["kind"] == "compat":
         return f"compat{lora}-s{info['seed']}-at{round(100 * info['point'])}"
+    if info["kind"] == "label-free compat":
+        return f"compat{lora}-label-free-s{info['seed']}"
     name = f"{info['regime']}-{info['arm'].replace('+', '_')}-s{info['seed']}"
     return name if info["kind"] == "arm" else f"grid-{name}-lr{info['lr']:g}"
 
@@ -309,13 +320,15 @@ class Planner:
                    self.cost(regime))
 
     def recycle(self, info: dict, method: str, seed: int, base: str, regime: str = "full",
-                lr: float | None = None) -> Job:
+                lr: float | None = None, label_free: bool = False) -> Job:
         name, is_compat = run_name(info), method == RecyclingMethod.COMPAT
         old = self.final(bundle(seed, method=tuning_method(regime)))
         # compat at 0% of v1's run scores the bundle on v0 itself: the curve's starting point
         same_base = is_compat and info.get("point") == 0.0
         args = ["recycle", "--method", method, "--bundle", old, "--base", base,
-                "--resume", "auto", *(["--force-same-base"] if same_base else [])]
+                "--resume", "auto", *(["--force-same-base"] if same_base else []),
+                *(["--unlabeled", str(self.tasks / f"{NEW_TASK}_train.jsonl")]
+                  if label_free else [])]
         overrides = [f"seed={seed}", *self.regime(regime),
                      *([f"train.lr={lr}"] if lr is not None else [])]
         return Job(name, args, str(self.runs / name), str(self.configs / "task.yaml"),
@@ -326,6 +339,9 @@ class Planner:
         name, regime, seed = info["arm"], info["regime"], info["seed"]
         if name in ("v0", "vanilla"):
             return self.tune(info, "v0" if name == "v0" else "v1", regime, lr)
+        if name == LABEL_FREE:
+            return self.recycle(info, RecyclingMethod.INIT_DISTILL, seed, self.base["v1"],
+                                regime, lr, label_free=True)
         return self.recycle(info, name, seed, self.base["v1"], regime, lr)
 
     def regimes(self) -> list[str]:
@@ -354,6 +370,9 @@ class Planner:
                      for f, s in export_steps(b).items()}}
         third = [self.recycle(compat(s, method=m), RecyclingMethod.COMPAT, s, self.base["v1"],
                               full_data(m)) for m in methods for s in seeds]
+        third += [self.recycle(label_free_compat(s, m), RecyclingMethod.COMPAT, s,
+                               self.base["v1"], full_data(m), label_free=True)
+                  for m in methods for s in seeds]
         third += [self.recycle(compat(1, p), RecyclingMethod.COMPAT, 1, base)
                   for p, base in points.items()]
         third += [self.tune(bundle(1, base), base, "full", lr_keys(b, "full")["bundle_lr"])

@@ -61,6 +61,7 @@ def markdown(report: dict) -> str:
     lines += gate_section(report["gate"])
     lines += results_table(report)
     lines += contrasts_table(report["contrasts"])
+    lines += label_free_table(report["label_free_decisions"])
     lines += convergence_table(report["convergence"])
     lines += compat_table(report["compat_curve"])
     lines += analyses_table(report["analyses"])
@@ -111,6 +112,11 @@ def protocol(report: dict) -> list[str]:
                f" dev every {t[data_regime(r)]['eval_every']} steps from step 0; the best dev "
                "state (step 0 included) is scored on test once." for r in b["regimes"]),
              f"- few-shot samples: {t['few_shot']} per class for train and for dev.",
+             "- label-free: init+distill that reads no label: its inputs are the task's train "
+             "texts (labels dropped), the loss the KL to the old model alone (α = 1), and it "
+             "keeps its last weights (no label chooses them; its LR comes from the grid like "
+             "every arm's). Its compat score is the bundle's agreement with the old model over "
+             "those texts (keep at ≥ 0.9).",
              f"- distillation: α = {t['distill']['alpha']:g}, T = "
              f"{t['distill']['temperature']:g} (loss (1−α)·CE + α·T²·KL; the paper's code "
              "sweeps α in {0.7, 0.9} and T in {5, 10, 20}).",
@@ -122,7 +128,8 @@ def protocol(report: dict) -> list[str]:
         ["regime", "arm", "LR", "dev acc (seed 0)", "best step"],
         ([regime_label(r["regime"]), r["arm"], f"{r['lr']:g}"
           + (" (chosen)" if lrs[r["regime"]][r["arm"]] == r["lr"] else ""), fmt(r["dev"]),
-          r["best_step"]] for r in report["grid"]))
+          "last (no labels)" if r["best_step"] is None else r["best_step"]]
+         for r in report["grid"]))
     return lines + [""]
 
 
@@ -168,6 +175,26 @@ def contrasts_table(tested: dict[str, dict]) -> list[str]:
           f"{t['difference']:+.3f}", f"[{t['ci_low']:+.3f}, {t['ci_high']:+.3f}]",
           fmt(t["p_holm"]), fmt(t["detectable"]), f"**{t['verdict']}**"]
          for name, t in tested.items())) + [""]
+
+
+def label_free_table(d: dict) -> list[str]:
+    """Each bundle's keep / re-tune decision from its labeled compat and from its label-free
+    score, and how often they agree."""
+    if not d["of"]:
+        return []
+    th = d["thresholds"]
+    lines = ["## Deciding without labels", "",
+             f"The label-free compat decision (keep when the bundle on v1 agrees with the old "
+             f"model on ≥ {th['agree_at']:g} of the train texts) against the labeled one (keep "
+             f"when compat keeps ≥ {th['keep_at']:g} of the dev gain over the majority class): "
+             f"**the same decision for {d['same']} of {d['of']} bundles**.", ""]
+    lines += markdown_table(
+        ["bundle", "seed", "dev on v0", "compat dev", "gain kept", "labeled", "agreement",
+         "mean KL", "label-free"],
+        ([r["method"], r["seed"], fmt(r["old_dev"]), fmt(r["compat_dev"]), fmt(r["gain_kept"]),
+          r["labeled"], fmt(r["agreement"]), fmt(r["mean_kl"]), r["label_free"]]
+         for r in d["bundles"]))
+    return lines + [""]
 
 
 def convergence_table(conv: dict) -> list[str]:

@@ -19,6 +19,7 @@ from rtune_ds.demo.plan import (
     arm,
     compat,
     data_regime,
+    label_free_compat,
     run_name,
     tuning_method,
 )
@@ -57,7 +58,7 @@ def read_result(job: Job) -> dict:
         c = read_json(run / "compat.json")
         return {**out, "source": "compat.json", "dev": c["dev"]["accuracy"],
                 "test": c["test"]["accuracy"], "majority": c["dev_majority_baseline"],
-                "old_dev": c["old_metrics"]["dev"][METRIC]}
+                "old_dev": c["old_metrics"]["dev"][METRIC], "label_free": c.get("label_free")}
     s = read_json(run / "summary.json")
     m = s["metrics"]
     return {**out, "source": "summary.json", "dev": m["dev"][METRIC], "test": m["test"][METRIC],
@@ -67,7 +68,7 @@ def read_result(job: Job) -> dict:
 
 def read_results(jobs: list[Job]) -> dict[str, dict]:
     """{run name: its result} of every tuning and compat job that is done."""
-    kinds = ("bundle", "compat", "arm", "grid")
+    kinds = ("bundle", "compat", "label-free compat", "arm", "grid")
     return {j.name: read_result(j) for j in jobs if j.info["kind"] in kinds and j.is_done()}
 
 
@@ -187,6 +188,22 @@ def gate_bundles(results: dict[str, dict], seeds) -> list[dict]:
             out.append({"seed": s, "old_dev": c["old_dev"], "compat_dev": c["dev"],
                         "majority": c["majority"]})
     return out
+
+
+def label_free_library(results: dict[str, dict], methods: list[str], seeds) -> list[dict]:
+    """Per bundle (tuning method, seed; the calibration seed too): what its labeled compat on v1
+    says (dev accuracy on v0 and on v1, the majority baseline) and its label-free score there
+    (agreement and mean KL with the old model over the train texts)."""
+    rows = []
+    for method in methods:
+        for s in [CALIBRATION_SEED, *seeds]:
+            labeled = results.get(run_name(compat(s, method=method)))
+            free = results.get(run_name(label_free_compat(s, method)))
+            if labeled and free and free.get("label_free"):
+                rows.append({"method": method, "seed": s, "old_dev": labeled["old_dev"],
+                             "compat_dev": labeled["dev"], "majority": labeled["majority"],
+                             **{k: free["label_free"][k] for k in ("agreement", "mean_kl")}})
+    return rows
 
 
 def compat_curve(results: dict[str, dict]) -> list[dict]:
