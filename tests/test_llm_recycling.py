@@ -49,7 +49,7 @@ def llm(tmp_path_factory, cache_dir) -> dict[str, Path]:
     check(rtune_in_process(["models", "import-gguf", str(gguf), "--out", str(root / "v0")],
                            cache_dir))
     lora = finetune_config(root / "lora", root / "v0", "lora",
-                           train={"max_steps": 20, "eval_every": 10})
+                           train={"max_steps": 12, "eval_every": 12})
     cpt = {"run_dir": str(root / "cpt"), "seed": 3, "model": {"path": str(root / "v0")},
            "data": {"train": [str(FIXTURES / "computing.jsonl")], "seq_len": 32,
                     "eval_fraction": 0.1},
@@ -135,4 +135,6 @@ def test_a_gpt2_style_tokenizer_without_pad_is_tuned_and_recycled(tmp_path, cach
     recycled = json.loads((tmp_path / "init" / "final" / "lineage.json").read_text())
     assert recycled["pad"]["source"] == "eos: the tokenizer has no pad token"
     assert recycled["recycled"]["method"] == "init"
-    assert summary(tmp_path / "init")["metrics"]["dev"]["accuracy"] > 0
+    assert recycled["recycled"]["bundle"]["path"] == str((tmp_path / "ft" / "final").resolve())
+    evals = [m for m in read_jsonl(tmp_path / "init" / "metrics.jsonl") if "eval/accuracy" in m]
+    assert evals[0]["step"] == 0 and len(evals) == 3  # from the mapped bundle, every 6 steps

@@ -182,7 +182,7 @@ def finish(p: Plan, result: engine.TrainResult, tokenizer, data: TaskData, head:
     digests = dist.all_gather_object(weights_digest(result.engine))
     peak_rss_mb = dist.all_gather_object(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if dist.is_main():
-        save_json({"step": result.step, "world_size": dist.world_size(),
+        save_json({"step": result.step, "tokens": result.tokens, "world_size": dist.world_size(),
                    "zero_stage": p.ds_config["zero_optimization"]["stage"],
                    "precision": p.precision, "precision_why": p.precision_why,
                    "best_step": result.best_step,

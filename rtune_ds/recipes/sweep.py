@@ -1,15 +1,17 @@
 """rtune sweep: the same job once per DeepSpeed config, each a real launch, then one table.
 
-Each launch goes to OUT/<config name>/ and leaves its summary.json; the table (markdown + JSON +
-TensorBoard hparams under OUT/tensorboard) has tokens/s, step time, peak memory per rank, the final
-eval loss, and whether the final losses agree within the stated tolerance.
+The job is a pretraining job, or a fine-tuning job (one with a `task` section: how a PEFT run
+compares across ZeRO stages). Each launch goes to OUT/<config name>/ and leaves its summary.json;
+the table (markdown + JSON + TensorBoard hparams under OUT/tensorboard) has tokens/s, step time,
+peak memory per rank, the final eval loss, and whether the final losses agree within the stated
+tolerance.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from rtune_ds.config.load import load_run_config
+from rtune_ds.config.load import load_run_config, read_mapping
 from rtune_ds.errors import ConfigError
 from rtune_ds.io import save_json, save_text
 from rtune_ds.launch import launcher_command, run_launch
@@ -18,9 +20,14 @@ from rtune_ds.report import markdown_table
 LOSS_TOLERANCE = 1e-3  # absolute, on the final eval loss: ZeRO stages only reorder reductions
 
 
+def job_command(job: str) -> str:
+    """finetune for a job with a task section, else pretrain."""
+    return "finetune" if "task" in read_mapping(job) else "pretrain"
+
+
 def launch_command(job: str, ds_config: str, nproc: int, run_dir: Path,
                    overrides: list[str]) -> list[str]:
-    return launcher_command(nproc, ["pretrain", "--config", job, "--ds-config", ds_config,
+    return launcher_command(nproc, [job_command(job), "--config", job, "--ds-config", ds_config,
                                     f"run_dir={run_dir}", *overrides])
 
 
@@ -47,7 +54,8 @@ def markdown(rows: list[dict], agree: bool) -> str:
 
 
 def run(job: str, ds_configs: list[str], nproc: int, out: str, overrides: list[str]) -> dict:
-    load_run_config(job, overrides + ["run_dir=sweep-check"])  # bad input fails before any launch
+    # bad input fails before any launch
+    load_run_config(job, overrides + ["run_dir=sweep-check"], job_command(job))
     for path in ds_configs:
         if not Path(path).is_file():
             raise ConfigError(f"--ds-configs: DeepSpeed JSON not found: {path}")
