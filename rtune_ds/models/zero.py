@@ -77,3 +77,19 @@ def write_weights(targets: dict[str, torch.Tensor], value) -> None:
             if broadcast and not hasattr(tensor, "ds_id"):
                 torch.distributed.broadcast(tensor.data, src=0)
 
+
+
+def one_dtype_for_zero3(model: torch.nn.Module, ds_config: dict) -> None:
+    """ZeRO-3 flattens the trainable parameters of a group into one buffer, so they must share a
+    dtype: the weights built under zero.Init are in the config's low precision, but parameters
+    added afterwards (a PEFT adapter's, fp32) are not; cast those (DeepSpeed keeps the fp32
+    master copies in its optimizer)."""
+    if ds_config.get("zero_optimization", {}).get("stage") != 3:
+        return
+    dtype = (torch.bfloat16 if ds_config.get("bf16", {}).get("enabled") is True
+             else torch.float16 if ds_config.get("fp16", {}).get("enabled") is True else None)
+    if dtype is None:
+        return
+    for param in model.parameters():
+        if not hasattr(param, "ds_id") and param.dtype != dtype:
+            param.data = param.data.to(dtype)

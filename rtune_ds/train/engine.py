@@ -18,6 +18,7 @@ from rtune_ds import dist
 from rtune_ds.artifacts import checkpoint
 from rtune_ds.config.schema import Nonfinite
 from rtune_ds.errors import ConfigError, RunError
+from rtune_ds.models.zero import one_dtype_for_zero3
 from rtune_ds.train.guards import BestState, StopRequest, finite_grads, update_left_out
 from rtune_ds.train.monitor import Monitor
 from rtune_ds.train.schedules import Schedule
@@ -82,6 +83,7 @@ def train(model: torch.nn.Module, spec: LoopSpec, source: BatchSource,
     world, rank = dist.world_size(), dist.rank()
     global_batch = spec.micro_batch * spec.grad_accum * world
     schedule = spec.schedule
+    one_dtype_for_zero3(model, spec.ds_config)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=[p for p in model.parameters() if p.requires_grad],
