@@ -9,7 +9,7 @@ import statistics
 
 from rtune_ds.analysis.statistics import judge, paired_bootstrap
 from rtune_ds.demo.plan import tuning_method
-from rtune_ds.recycling.advice import AGREE_AT, KEEP_AT, kept_gain
+from rtune_ds.recycling.advice import AGREE_AT, KEEP_AT, kept_gain, label_free_advice
 
 NO_UPGRADE = "no upgrade: recycling is untestable here"
 BLOCKED = "blocked (no upgrade)"
@@ -122,7 +122,8 @@ def label_free_decisions(bundles: list[dict], keep_at: float = KEEP_AT,
     for b in bundles:
         kept = kept_gain("classification", b["old_dev"], b["compat_dev"], b["majority"])
         labeled = "keep" if kept is not None and kept >= keep_at else "re-tune"
-        free = "keep" if b["agreement"] >= agree_at else "re-tune"
+        free = ("keep" if label_free_advice(b["agreement"], agree_at)["decision"] == "keep"
+                else "re-tune")
         rows.append({**b, "gain_kept": kept, "labeled": labeled, "label_free": free,
                      "same": labeled == free})
     same = sum(r["same"] for r in rows)

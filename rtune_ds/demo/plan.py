@@ -9,7 +9,8 @@ at once (demo.main spreads them over its workers):
 2. v1 (continual pretraining of v0), rand (v0's architecture drawn at random), and the bundles:
    v0 tuned on the new task with full data, one per seed (seed 0 is the calibration seed);
 3. what needs v1 and the bundles: compat of every bundle on v1 (scored with labels, and without:
-   agreement with the old model), compat of bundle 1 along v1's run, the LR grid (every arm on the calibration seed at every LR of the grid), and the models the
+   agreement with the old model), compat of bundle 1 along v1's run, the LR grid (every arm on
+   the calibration seed at every LR of the grid), and the models the
    analyses compare (v1 and rand tuned like the bundles);
 4. planned once the grid has chosen each arm's LR: every arm of every reported seed, and the
    analyses.

