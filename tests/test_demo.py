@@ -46,7 +46,11 @@ from rtune_ds.resources import DS_CONFIGS
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
-PROFILES = ("quick", "main", "quick --full", "main --full")
+PROFILES = ("quick", "main", "quick --full", "main --full", "llm-quick", "llm", "llm --full")
+# the tuning methods of each profile's bundles: an LLM budget tunes LoRA only
+BUNDLE_METHODS = {"quick": ["full"], "main": ["full"], "quick --full": ["full", "lora"],
+                  "main --full": ["full", "lora"], "llm-quick": ["lora"], "llm": ["lora"],
+                  "llm --full": ["lora"]}
 
 
 def budget_of(profile: str) -> dict:
@@ -84,7 +88,11 @@ def test_a_regime_the_demo_does_not_know_is_refused_naming_the_key(tmp_path):
     (tmp_path / "demo.yaml").write_text(yaml.safe_dump(budgets))
     with pytest.raises(ConfigError, match=r"key 'quick.full_regimes': unknown \['few-ia3'\]"):
         load_budget("quick", None, True, tmp_path / "demo.yaml")
-    budgets["quick"]["full_regimes"] = ["few-lora"]
+    budgets["quick"]["full_regimes"] = ["few-lora"]  # no full fine-tuning to analyse
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(budgets))
+    with pytest.raises(ConfigError, match=r"key 'quick.analysis': the analyses compare fully"):
+        load_budget("quick", None, True, tmp_path / "demo.yaml")
+    budgets["quick"]["full_regimes"] = ["few", "few-lora"]
     del budgets["quick"]["tune"]["lora"]
     (tmp_path / "demo.yaml").write_text(yaml.safe_dump(budgets))
     with pytest.raises(ConfigError, match=r"key 'quick.tune.lora'"):
@@ -209,8 +217,11 @@ def test_every_arm_runs_the_grid_on_the_calibration_seed_and_each_seed_at_its_lr
         for name in ARMS:
             grid = [j for j in jobs if j.info["kind"] == "grid" and j.info["arm"] == name
                     and j.info["regime"] == regime]
-            assert sorted(j.info["lr"] for j in grid) == sorted(lr_keys(b, method)["lr_grid"])
-            assert {j.info["seed"] for j in grid} == {CALIBRATION_SEED}
+            lr_grid = lr_keys(b, method)["lr_grid"]
+            # a grid of one LR chooses nothing: it is not run
+            assert sorted(j.info["lr"] for j in grid) == (sorted(lr_grid) if len(lr_grid) > 1
+                                                          else [])
+            assert {j.info["seed"] for j in grid} <= {CALIBRATION_SEED}
             runs = [j for j in jobs if j.info["kind"] == "arm" and j.info["arm"] == name
                     and j.info["regime"] == regime]
             assert [j.info["seed"] for j in runs] == seeds, name
@@ -236,11 +247,17 @@ def test_every_arm_runs_the_grid_on_the_calibration_seed_and_each_seed_at_its_lr
                 if few:  # its dev pool is the half of the dev split no bundle was chosen on
                     assert any(o.startswith("task.dev=") and o.endswith("_dev_pool.jsonl")
                                for o in few), j.name
+    methods = BUNDLE_METHODS[profile]
+    # the compat curve (along v1's exports, from v0 itself) of bundle 1 of the first method:
+    # the one the gate reads
     points = sorted(j.info["point"] for j in jobs if j.info["kind"] == "compat"
-                    and j.info["seed"] == 1 and j.info["method"] == "full")
-    assert points == [0.0, *b["cpt"]["exports"], 1.0]
-    methods = ["full", *(["lora"] if profile.endswith("--full") else [])]
+                    and j.info["seed"] == 1 and j.info["method"] == methods[0])
+    exports = b["cpt"]["exports"]
+    assert points == ([0.0, *exports, 1.0] if exports else [1.0])
     names = {j.name for j in jobs}
+    analysed = {"rand", "v1-tuned-s1", "rand-tuned-s1", "connectivity", "connectivity-floor",
+                "similarity", "similarity-floor"}  # run only by a budget with analyses
+    assert names & analysed == (analysed if "analysis" in b else set())
     for method in methods:  # a bundle per seed and tuning method, each scored on v1 untrained
         for s in [CALIBRATION_SEED, *seeds]:
             assert run_name(bundle(s, method=method)) in names
@@ -391,11 +408,17 @@ def test_demo_quick_report_matches_the_runs(tmp_path):
     free = json.loads((runs / "few-label-free-s1" / "final" / "lineage.json").read_text())
     assert free["recycled"]["label_free"]["alpha"] == 1.0 and free["metrics"]["best_step"] is None
     decisions = report["label_free_decisions"]
-    assert decisions["of"] == 2  # the bundles of seeds 0 and 1
+    # the bundles of seeds 0 and 1 on v1, then bundle 1 on v1's exports (not on v0 itself)
+    assert [(r["seed"], r["point"]) for r in decisions["bundles"]] == \
+        [(0, 1.0), (1, 1.0), (1, 0.25), (1, 0.5), (1, 0.75)]
     for row in decisions["bundles"]:
-        score = json.loads((runs / f"compat-label-free-s{row['seed']}" / "compat.json")
-                           .read_text())["label_free"]
+        run = (f"compat-label-free-s{row['seed']}" if row["point"] == 1
+               else f"compat-s1-at{round(100 * row['point'])}")
+        compat_json = json.loads((runs / run / "compat.json").read_text())
+        score = compat_json["label_free"]
         assert row["agreement"] == score["agreement"] and 0 < row["agreement"] <= 1
+        if row["point"] < 1:  # scored with labels in the same run
+            assert row["compat_dev"] == compat_json["dev"]["accuracy"]
     md = (out / "report.md").read_text()
     for heading in ("## In short", "## Protocol", "## The upgrade gate", "## Contrasts",
                     "## Deciding without labels", "## Convergence", "## Analyses",

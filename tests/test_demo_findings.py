@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 
 from rtune_ds.demo import findings as F
-from rtune_ds.demo.plan import ARMS, arm, run_name
+from rtune_ds.demo.plan import ARMS, arm, compat, label_free_compat, run_name
 from rtune_ds.demo.results import chosen_lrs, gate_bundles, table
+from rtune_ds.demo.results import label_free_library as library
 
 THRESHOLDS = {"fall_gap": 0.05, "max_gain_kept": 0.9}
 N = 400  # test items
@@ -235,8 +236,39 @@ def test_the_table_has_every_arm_with_its_seeds_in_order():
     assert rows[0]["test_mean"] == pytest.approx(0.415)
 
 
-def test_the_gate_reads_every_seeds_bundle_on_v1():
-    found = {run_name({"kind": "compat", "seed": s, "point": 1.0}):
-             {"kind": "compat", "seed": s, "point": 1.0, "old_dev": 0.7, "dev": 0.5,
-              "majority": 0.2} for s in (0, 1, 2)}
-    assert [b["seed"] for b in gate_bundles(found, [1, 2])] == [0, 1, 2]
+def test_the_gate_reads_every_seeds_bundle_of_its_tuning_method_on_v1():
+    found = {run_name(compat(s, method=m)): {**compat(s, method=m), "old_dev": 0.7,
+                                              "dev": dev, "majority": 0.2}
+             for s in (0, 1, 2) for m, dev in (("full", 0.5), ("lora", 0.3))}
+    assert [(b["seed"], b["compat_dev"]) for b in gate_bundles(found, [1, 2], "full")] == \
+        [(0, 0.5), (1, 0.5), (2, 0.5)]
+    # an LLM budget has LoRA bundles only: the gate reads theirs
+    assert [b["compat_dev"] for b in gate_bundles(found, [1, 2], "lora")] == [0.3, 0.3, 0.3]
+
+
+def test_a_grid_of_one_lr_gives_every_arm_that_lr_without_a_run():
+    assert chosen_lrs({}, {"few-lora": [3e-3]}) == {"few-lora": dict.fromkeys(ARMS, 3e-3)}
+    with pytest.raises(ValueError, match="few-lora/vanilla has no result"):
+        chosen_lrs({run_name(arm("vanilla", "few-lora", 0, 1e-3)):
+                    {**arm("vanilla", "few-lora", 0, 1e-3), "dev": 0.5, "test": 0.5,
+                     "best_step": 0}}, {"few-lora": [1e-3, 3e-3]})
+
+
+def test_the_label_free_library_holds_the_bundles_on_v1_and_bundle_1_along_v1s_run():
+    def scored(info, agreement):  # near v0: 0.97 of the gain kept
+        return {**info, "old_dev": 0.8, "dev": 0.78, "majority": 0.2,
+                "label_free": {"agreement": agreement, "mean_kl": 0.1}}
+
+    found = {}
+    for s in (0, 1):
+        found[run_name(compat(s))] = {**compat(s), "old_dev": 0.8, "dev": 0.4, "majority": 0.2}
+        found[run_name(label_free_compat(s))] = scored(label_free_compat(s), 0.7)
+    for point in (0.0, 0.5, 0.25):  # v0 itself (point 0) is no recycling: left out
+        found[run_name(compat(1, point))] = scored(compat(1, point), 0.95)
+    found[run_name(compat(1, 0.5, "lora"))] = scored(compat(1, 0.5, "lora"), 0.9)
+    rows = library(found, ["full"], [1], "full")
+    assert [(r["seed"], r["point"], r["compat_dev"]) for r in rows] == \
+        [(0, 1.0, 0.4), (1, 1.0, 0.4), (1, 0.25, 0.78), (1, 0.5, 0.78)]
+    d = F.label_free_decisions(rows)
+    assert [r["labeled"] for r in d["bundles"]] == ["re-tune", "re-tune", "keep", "keep"]
+    assert d["same"] == 4 and d["of"] == 4

@@ -7,13 +7,19 @@ import pytest
 from conftest import check, finetune_config, rtune, tiny_config, write_config
 from tiny_llm import smollm_like
 
-from rtune_ds.recipes.sweep import job_command
+from rtune_ds.recipes.sweep import job_command, loss_tolerance
 
 
 def test_a_job_with_a_task_is_swept_as_fine_tuning(tmp_path):
     pretraining = write_config(tmp_path / "pt.yaml", tiny_config(tmp_path / "unused"))
     tuning = write_config(tmp_path / "ft.yaml", finetune_config(tmp_path / "unused", tmp_path))
     assert (job_command(str(pretraining)), job_command(str(tuning))) == ("pretrain", "finetune")
+
+
+def test_the_loss_tolerance_is_the_least_precise_runs():
+    fp32, bf16 = {"precision": "fp32"}, {"precision": "bf16"}
+    assert loss_tolerance([fp32, fp32]) == 1e-3
+    assert loss_tolerance([fp32, bf16]) == loss_tolerance([bf16]) == 0.03
 
 
 @pytest.mark.slow
@@ -32,7 +38,7 @@ def test_sweep_of_a_lora_job_over_zero_stages(tmp_path, cache_dir):
     assert all(len(r["peak_rss_mb_per_rank"]) == 2 for r in report["rows"])
     assert report["losses_agree"] is True
     table = (tmp_path / "sweep" / "sweep.md").read_text()
-    assert "| zero3 | 2 | 3 |" in table and "agree within 0.001: yes" in table
+    assert "| zero3 | 2 | 3 |" in table and "agree within 0.001 (precision fp32): yes" in table
     assert (tmp_path / "sweep" / "tensorboard" / "zero0").is_dir()
     for stage in ("zero0", "zero3"):
         lineage = json.loads((tmp_path / "sweep" / stage / "final" / "lineage.json").read_text())

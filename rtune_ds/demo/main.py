@@ -33,12 +33,12 @@ from rtune_ds.demo.plan import (
     compat,
     data_regime,
     ds_config_path,
+    gate_method,
+    grid_of,
     load_budget,
-    lr_keys,
     regimes_of,
     reported_seeds,
     run_name,
-    tuning_method,
     tuning_methods,
     write_configs,
 )
@@ -73,8 +73,7 @@ def run(profile: str, full: bool, out: str, nproc: int | None, workers: int | No
     for name, wave in planner.waves():
         todo |= run_wave(name, wave, out_dir, nproc, workers, timed)
     lrs = results.chosen_lrs(results.read_results([j for _, w in planner.waves() for j in w]),
-                             {r: lr_keys(budget, tuning_method(r))["lr_grid"]
-                              for r in planner.regimes()})
+                             {r: grid_of(budget, r) for r in planner.regimes()})
     waves = planner.waves(lrs)
     todo |= run_wave(*waves[-1], out_dir, nproc, workers, timed)
     jobs = [j for _, wave in waves for j in wave]
@@ -163,7 +162,9 @@ def build_report(jobs: list[Job], out: Path, meta: dict) -> dict:
     pre = results.pretraining(runs)
     seeds = list(reported_seeds(b))
     regimes = regimes_of(b)
-    gate = findings.upgrade_gate(pre.get("v1"), results.gate_bundles(found, seeds), b["gate"])
+    gated = gate_method(b)
+    gate = findings.upgrade_gate(pre.get("v1"), results.gate_bundles(found, seeds, gated),
+                                 b["gate"])
     by_arm = {regime: {name: results.of_arm(found, name, regime, seeds) for name in ARMS}
               for regime in regimes}
     complete = {regime: {name: rs for name, rs in arms.items() if len(rs) == len(seeds)}
@@ -176,7 +177,7 @@ def build_report(jobs: list[Job], out: Path, meta: dict) -> dict:
         {regime: {name: statistics.fmean(r["dev"] for r in rs) for name, rs in arms.items()}
          for regime, arms in complete.items()},
         {m: [r["correct"] for r in runs] for m, runs in compat_runs.items()},
-        results.chance_correct(out / "tasks", compat_runs["full"][0]), gate)
+        results.chance_correct(out / "tasks", compat_runs[gated][0]), gate)
     conv = {regime: findings.convergence(
         {name: {r["seed"]: results.dev_curve(logs[run_name(arm(name, regime, r["seed"]))])
                 for r in rs} for name, rs in arms.items()},
@@ -190,9 +191,9 @@ def build_report(jobs: list[Job], out: Path, meta: dict) -> dict:
               "runs": {n: {k: v for k, v in r.items() if k not in ("correct", "gold")}
                        for n, r in found.items()},
               "grid": results.grid_table(found), "table": results.table(found, regimes, seeds),
-              "compat_curve": results.compat_curve(found), "contrasts": tested,
+              "compat_curve": results.compat_curve(found, gated), "contrasts": tested,
               "label_free_decisions": findings.label_free_decisions(
-                  results.label_free_library(found, tuning_methods(b), seeds)),
+                  results.label_free_library(found, tuning_methods(b), seeds, gated)),
               "convergence": conv, "analyses": findings.analyses_summary(found_analyses),
               "phases": phases(jobs, meta)}
     return render.write_report(report, logs, found_analyses, out)

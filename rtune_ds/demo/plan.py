@@ -9,7 +9,8 @@ at once (demo.main spreads them over its workers):
 2. v1 (continual pretraining of v0), rand (v0's architecture drawn at random), and the bundles:
    v0 tuned on the new task with full data, one per seed (seed 0 is the calibration seed);
 3. what needs v1 and the bundles: compat of every bundle on v1 (scored with labels, and without:
-   agreement with the old model), compat of bundle 1 along v1's run, the LR grid (every arm on
+   agreement with the old model), compat of bundle 1 along v1's run (with and without labels),
+   the LR grid (every arm on
    the calibration seed at every LR of the grid), and the models the
    analyses compare (v1 and rand tuned like the bundles);
 4. planned once the grid has chosen each arm's LR: every arm of every reported seed, and the
@@ -64,6 +65,9 @@ def load_budget(profile: str, seeds: int | None, full: bool = False,
     if unknown:
         key = f"{profile}.{'full_' if full else ''}regimes"
         raise ConfigError(f"{path}: key '{key}': unknown {unknown} (known: {', '.join(REGIMES)})")
+    if has_analyses(b) and gate_method(b) != "full":
+        raise ConfigError(f"{path}: key '{profile}.analysis': the analyses compare fully "
+                          "fine-tuned models, and no regime of this budget tunes fully")
     if "lora" in tuning_methods(b) and "lora" not in b["tune"]:
         raise ConfigError(f"{path}: key '{profile}.tune.lora' (bundle_lr, lr_grid) is needed by "
                           "the LoRA regimes")
@@ -116,15 +120,32 @@ def tuning_method(regime: str) -> str:
 
 
 def tuning_methods(b: dict) -> list[str]:
-    """The tuning methods of the bundles: full always (the gate, the compat curve and the
-    analyses rest on the fully fine-tuned bundles), LoRA when a regime tunes with it."""
-    return ["full", *(["lora"] if any(tuning_method(r) == "lora" for r in b["regimes"]) else [])]
+    """The tuning methods of the bundles: those of the budget's regimes, full first."""
+    return [m for m in ("full", "lora") if any(tuning_method(r) == m for r in b["regimes"])]
+
+
+def gate_method(b: dict) -> str:
+    """The bundles the gate, the compat curve and the analyses rest on: the fully fine-tuned ones
+    when a regime tunes fully, else the LoRA ones (an LLM budget tunes LoRA only)."""
+    return tuning_methods(b)[0]
+
+
+def has_analyses(b: dict) -> bool:
+    """The budget runs the analyses (its `analysis` key): then rand is made, and v1 and rand are
+    tuned fully like the bundles."""
+    return "analysis" in b
 
 
 def lr_keys(b: dict, method: str) -> dict:
     """The bundle LR and the LR grid of a tuning method (LoRA's: demo.yaml tune.lora)."""
     t = b["tune"] if method == "full" else b["tune"][method]
     return {"bundle_lr": t["bundle_lr"], "lr_grid": t["lr_grid"]}
+
+
+def grid_of(b: dict, regime: str) -> list[float]:
+    """The LR grid of a regime's tuning method; a grid of one LR is run on no calibration seed:
+    every arm takes that LR."""
+    return lr_keys(b, tuning_method(regime))["lr_grid"]
 
 
 # ---------------------------------------------------------------- the runs and their names
@@ -208,6 +229,8 @@ def pretrain_configs(b: dict, corpora: Path, runs: Path, ds: str,
                  "seq_len": c["seq_len"], "eval_fraction": c["eval_fraction"]},
         "train": {**common_train, "max_steps": c["steps"], "lr": c.get("lr"),
                   "schedule": "recipe", "export_fractions": c["exports"]}}
+    if not has_analyses(b):
+        return configs
     # rand: v0's architecture and tokenizer with every weight drawn from the seed, one step at a
     # vanishing LR in fp32 (the weights stay as drawn)
     model = ({"preset": b["base"]["preset"]} if "v0" in configs
@@ -362,8 +385,8 @@ class Planner:
                       str(self.configs / f"{v}.yaml"), [], "final/config.json",
                       {"kind": "pretrain"}, steps * c["micro_batch_size"] * c["seq_len"] * 2)
                   for v, steps in (("v1", c["steps"] + c.get("head_warmup_steps", 0)),
-                                   ("rand", 1))]
-        methods = tuning_methods(b)
+                                   *([("rand", 1)] if has_analyses(b) else []))]
+        methods, gated = tuning_methods(b), gate_method(b)
         second += [self.tune(bundle(s, method=m), "v0", full_data(m), lr_keys(b, m)["bundle_lr"])
                    for m in methods for s in seeds]
         points = {0.0: self.base["v0"],
@@ -374,20 +397,28 @@ class Planner:
         third += [self.recycle(label_free_compat(s, m), RecyclingMethod.COMPAT, s,
                                self.base["v1"], full_data(m), label_free=True)
                   for m in methods for s in seeds]
-        third += [self.recycle(compat(1, p), RecyclingMethod.COMPAT, 1, base)
-                  for p, base in points.items()]
-        third += [self.tune(bundle(1, base), base, "full", lr_keys(b, "full")["bundle_lr"])
-                  for base in ("v1", "rand")]
+        if export_steps(b):  # scored without labels too: bundles nearer v0 may be worth keeping
+            third += [self.recycle(compat(1, p, gated), RecyclingMethod.COMPAT, 1, base,
+                                   full_data(gated), label_free=p > 0)
+                      for p, base in points.items()]
+        if has_analyses(b):
+            third += [self.tune(bundle(1, base), base, "full", lr_keys(b, "full")["bundle_lr"])
+                      for base in ("v1", "rand")]
         third += [self.arm_job(arm(a, regime, CALIBRATION_SEED, lr), lr)
                   for regime in self.regimes() for a in ARMS
-                  for lr in lr_keys(b, tuning_method(regime))["lr_grid"]]
+                  for lr in grid_of(b, regime) if len(grid_of(b, regime)) > 1]
+        analysed = has_analyses(b)
         waves = [(name, jobs) for name, jobs in (
-            ("v0 pretrained here", v0), ("v1, rand and the v0 bundles", second),
-            ("compat, the LR grid, the analysed models", third)) if jobs]
+            ("v0 pretrained here", v0),
+            ("v1, rand and the v0 bundles" if analysed else "v1 and the v0 bundles", second),
+            ("compat, the LR grid, the analysed models" if analysed else "compat, the LR grid",
+             third)) if jobs]
         if lrs is None:
             return waves
         fourth = [self.arm_job(arm(a, regime, s), lrs[regime][a])
                   for regime in self.regimes() for a in ARMS for s in reported_seeds(b)]
+        if not analysed:
+            return waves + [("the arms of every seed", fourth)]
         return waves + [("the arms of every seed, the analyses", fourth + self.analyses())]
 
     def analyses(self) -> list[Job]:

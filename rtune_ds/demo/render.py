@@ -102,7 +102,8 @@ def protocol(report: dict) -> list[str]:
              f"and test splits ({d['held_out_texts']} normalised texts): {removed} removed.",
              f"- seeds: {', '.join(str(s) for s in range(1, report['seeds'] + 1))}, paired: seed "
              "s is v0's bundle tuned with seed s, the few-shot sample s and every arm of seed s "
-             f"recycling bundle s. Seed {CALIBRATION_SEED} only chooses the LRs (not reported).",
+             f"recycling bundle s. Seed {CALIBRATION_SEED} is not reported: it chooses the LRs and "
+             "its bundles join the gate and the label-free library.",
              *(f"- {'LoRA ' if m == 'lora' else ''}bundles: v0 tuned "
                f"{'with LoRA' if m == 'lora' else 'fully'} on full data at LR "
                f"{lr_keys(b, m)['bundle_lr']:g}, {t['full']['max_steps']} steps."
@@ -120,10 +121,10 @@ def protocol(report: dict) -> list[str]:
              f"- distillation: α = {t['distill']['alpha']:g}, T = "
              f"{t['distill']['temperature']:g} (loss (1−α)·CE + α·T²·KL; the paper's code "
              "sweeps α in {0.7, 0.9} and T in {5, 10, 20}).",
-             *(f"- LR{' (LoRA)' if m == 'lora' else ''}: every arm on the grid "
-               f"{', '.join(f'{x:g}' for x in lr_keys(b, m)['lr_grid'])}, each choosing its best"
-               f" dev accuracy on seed {CALIBRATION_SEED}." for m in tuning_methods(b)), ""]
+             *(lr_protocol(b, m) for m in tuning_methods(b)), ""]
     lrs = report["chosen_lr"]
+    if not report["grid"]:
+        return lines
     lines += markdown_table(
         ["regime", "arm", "LR", "dev acc (seed 0)", "best step"],
         ([regime_label(r["regime"]), r["arm"], f"{r['lr']:g}"
@@ -133,11 +134,20 @@ def protocol(report: dict) -> list[str]:
     return lines + [""]
 
 
+def lr_protocol(b: dict, method: str) -> str:
+    grid = lr_keys(b, method)["lr_grid"]
+    what = f"- LR{' (LoRA)' if method == 'lora' else ''}: every arm"
+    if len(grid) == 1:
+        return f"{what} at {grid[0]:g} (a grid of one LR: nothing chosen, no grid run)."
+    return (f"{what} on the grid {', '.join(f'{x:g}' for x in grid)}, each choosing its best "
+            f"dev accuracy on seed {CALIBRATION_SEED}.")
+
+
 def gate_section(gate: dict) -> list[str]:
     e, th = gate["evidence"], gate["evidence"]["thresholds"]
     fall, kept = e.get("relative_fall", {}), e.get("gain_kept", {})
     return ["## The upgrade gate", "",
-            f"- domain shift: the computing MLM loss falls by {fmt(fall.get('computing'))} "
+            f"- domain shift: the computing LM loss falls by {fmt(fall.get('computing'))} "
             f"(relative), the general one by {fmt(fall.get('general'))}: a gap of "
             f"{fmt(e.get('fall_gap'))}, needed ≥ {th['fall_gap']:g} → "
             f"{gate['checks'].get('domain_shift')}",
@@ -187,13 +197,14 @@ def label_free_table(d: dict) -> list[str]:
              f"The label-free compat decision (keep when the bundle on v1 agrees with the old "
              f"model on ≥ {th['agree_at']:g} of the train texts) against the labeled one (keep "
              f"when compat keeps ≥ {th['keep_at']:g} of the dev gain over the majority class): "
-             f"**the same decision for {d['same']} of {d['of']} bundles**.", ""]
+             f"**the same decision for {d['same']} of {d['of']} bundles** (bundle 1 on v1's "
+             "exports along its run too: nearer v0, a bundle may still be worth keeping).", ""]
     lines += markdown_table(
-        ["bundle", "seed", "dev on v0", "compat dev", "gain kept", "labeled", "agreement",
+        ["bundle", "seed", "on", "dev on v0", "compat dev", "gain kept", "labeled", "agreement",
          "mean KL", "label-free"],
-        ([r["method"], r["seed"], fmt(r["old_dev"]), fmt(r["compat_dev"]), fmt(r["gain_kept"]),
-          r["labeled"], fmt(r["agreement"]), fmt(r["mean_kl"]), r["label_free"]]
-         for r in d["bundles"]))
+        ([r["method"], r["seed"], "v1" if r["point"] == 1 else f"v1 at {r['point']:.0%}",
+          fmt(r["old_dev"]), fmt(r["compat_dev"]), fmt(r["gain_kept"]), r["labeled"],
+          fmt(r["agreement"]), fmt(r["mean_kl"]), r["label_free"]] for r in d["bundles"]))
     return lines + [""]
 
 
@@ -227,6 +238,8 @@ def compat_table(curve: list[dict]) -> list[str]:
 
 
 def analyses_table(a: dict) -> list[str]:
+    if not a:
+        return []
     return ["## Analyses", "",
             "Main pair: bundle 1 tuned on v0 vs v1 tuned alike; floor: two seeds on v0 (bundles "
             "1 and 0); ceiling: bundle 1 vs rand tuned alike. Position: 0 at the floor, 1 at the "
@@ -282,7 +295,8 @@ def plots(report: dict, logs: dict[str, list[dict]], analyses: dict, out: Path) 
     made = {"contrasts.png": contrasts_plot(report["contrasts"]),
             "convergence.png": convergence_plot(report, logs),
             "pretraining.png": pretraining_plot(report["pretraining"]),
-            "compat.png": compat_plot(report["compat_curve"])}
+            **({"compat.png": compat_plot(report["compat_curve"])}
+               if report["compat_curve"] else {})}
     for name, fig in made.items():
         save_figure(fig, out / name)
     names = list(made)
@@ -350,10 +364,9 @@ def pretraining_plot(p: dict):
 def compat_plot(curve: list[dict]):
     """Compat dev accuracy of bundle 1 along v1's continual pretraining."""
     fig, ax = pyplot().subplots(figsize=(6, 4))
-    if curve:
-        ax.plot([100 * r["point"] for r in curve], [r["dev"] for r in curve], marker="o",
-                label="v0 full-FT bundle (seed 1)")
-        ax.axhline(curve[0]["majority"], color="r", ls=":", label="majority class (dev)")
+    ax.plot([100 * r["point"] for r in curve], [r["dev"] for r in curve], marker="o",
+            label=f"v0 {'LoRA' if curve[0]['method'] == 'lora' else 'full-FT'} bundle (seed 1)")
+    ax.axhline(curve[0]["majority"], color="r", ls=":", label="majority class (dev)")
     ax.set_xlabel("% of v1's continual-pretraining steps (0: v0)")
     ax.set_ylabel("dev accuracy, no training")
     ax.legend(fontsize=8)

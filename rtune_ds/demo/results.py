@@ -131,12 +131,14 @@ def grid_table(results: dict[str, dict]) -> list[dict]:
 def chosen_lrs(results: dict[str, dict], grids: dict[str, list[float]]
                ) -> dict[str, dict[str, float]]:
     """{regime: {arm: the LR of the regime's grid (grids: {regime: [lr]}) with the arm's best
-    dev accuracy on the calibration seed}}; a tie goes to the LR listed first. Chosen on dev
-    only: test plays no part."""
+    dev accuracy on the calibration seed}}; a tie goes to the LR listed first; a grid of one LR
+    (never run) gives every arm that LR. Chosen on dev only: test plays no part."""
     chosen: dict[str, dict[str, float]] = {}
     for row in grid_table(results):
         chosen.setdefault(row["regime"], {}).setdefault(row["arm"], [])
         chosen[row["regime"]][row["arm"]].append((row["lr"], row["dev"]))
+    fixed = {regime: dict.fromkeys(ARMS, grid[0]) for regime, grid in grids.items()
+             if len(grid) == 1}
     for regime, arms in chosen.items():
         lr_grid = grids[regime]
         for name, rows in arms.items():
@@ -145,7 +147,7 @@ def chosen_lrs(results: dict[str, dict], grids: dict[str, list[float]]
             if missing:
                 raise ValueError(f"the LR grid of {regime}/{name} has no result for {missing}")
             arms[name] = max(lr_grid, key=lambda lr: (dev[lr], -lr_grid.index(lr)))
-    return chosen
+    return {**chosen, **fixed}
 
 
 # ---------------------------------------------------------------- grouping (pure)
@@ -178,40 +180,47 @@ def table(results: dict[str, dict], regimes: list[str], seeds) -> list[dict]:
     return rows
 
 
-def gate_bundles(results: dict[str, dict], seeds) -> list[dict]:
-    """Per seed (the calibration seed too): the bundle's dev accuracy on v0, its compat dev
-    accuracy on v1 and the dev majority baseline: the gate's second check."""
+def gate_bundles(results: dict[str, dict], seeds, method: str) -> list[dict]:
+    """Per seed (the calibration seed too): the bundle's (of tuning `method`) dev accuracy on v0,
+    its compat dev accuracy on v1 and the dev majority baseline: the gate's second check."""
     out = []
     for s in [CALIBRATION_SEED, *seeds]:
-        c = results.get(run_name(compat(s)))
+        c = results.get(run_name(compat(s, method=method)))
         if c is not None:
             out.append({"seed": s, "old_dev": c["old_dev"], "compat_dev": c["dev"],
                         "majority": c["majority"]})
     return out
 
 
-def label_free_library(results: dict[str, dict], methods: list[str], seeds) -> list[dict]:
-    """Per bundle (tuning method, seed; the calibration seed too): what its labeled compat on v1
-    says (dev accuracy on v0 and on v1, the majority baseline) and its label-free score there
-    (agreement and mean KL with the old model over the train texts)."""
-    rows = []
-    for method in methods:
-        for s in [CALIBRATION_SEED, *seeds]:
-            labeled = results.get(run_name(compat(s, method=method)))
-            free = results.get(run_name(label_free_compat(s, method)))
-            if labeled and free and free.get("label_free"):
-                rows.append({"method": method, "seed": s, "old_dev": labeled["old_dev"],
-                             "compat_dev": labeled["dev"], "majority": labeled["majority"],
-                             **{k: free["label_free"][k] for k in ("agreement", "mean_kl")}})
-    return rows
+def label_free_library(results: dict[str, dict], methods: list[str], seeds,
+                       curve_method: str) -> list[dict]:
+    """Per bundle (tuning method, seed; the calibration seed too) on v1, and bundle 1 (of
+    `curve_method`) on each of v1's exports along its run (nearer v0: bundles that may be worth
+    keeping): what its labeled compat says (dev accuracy on v0 and on that base, the majority
+    baseline) and its label-free score there (agreement and mean KL with the old model over the
+    train texts)."""
+    pairs = [(results.get(run_name(compat(s, method=m))),
+              results.get(run_name(label_free_compat(s, m))))
+             for m in methods for s in [CALIBRATION_SEED, *seeds]]
+    along = [r for r in results.values() if r["kind"] == "compat" and r["seed"] == 1
+             and r["method"] == curve_method and 0 < r["point"] < 1]
+    pairs += [(r, r) for r in sorted(along, key=lambda r: r["point"])]
+    return [{"method": labeled["method"], "seed": labeled["seed"], "point": labeled["point"],
+             "old_dev": labeled["old_dev"], "compat_dev": labeled["dev"],
+             "majority": labeled["majority"],
+             **{k: free["label_free"][k] for k in ("agreement", "mean_kl")}}
+            for labeled, free in pairs if labeled and free and free.get("label_free")]
 
 
-def compat_curve(results: dict[str, dict]) -> list[dict]:
-    """[{point, dev, test, old_dev, majority}] of bundle 1 (full FT) along v1's run, by
-    point."""
+def compat_curve(results: dict[str, dict], method: str) -> list[dict]:
+    """[{point, dev, test, old_dev, majority, method}] of bundle 1 (of tuning `method`) along v1's
+    run, by point; none when v1 exported nothing along its run (its final point alone is no
+    curve)."""
     rows = [r for r in results.values()
-            if r["kind"] == "compat" and r["seed"] == 1 and r["method"] == "full"]
-    return [{k: r[k] for k in ("point", "dev", "test", "old_dev", "majority")}
+            if r["kind"] == "compat" and r["seed"] == 1 and r["method"] == method]
+    if len(rows) < 2:
+        return []
+    return [{k: r[k] for k in ("point", "dev", "test", "old_dev", "majority", "method")}
             for r in sorted(rows, key=lambda r: r["point"])]
 
 

@@ -17,7 +17,15 @@ from rtune_ds.io import save_json, save_text
 from rtune_ds.launch import launcher_command, run_launch
 from rtune_ds.report import markdown_table
 
-LOSS_TOLERANCE = 1e-3  # absolute, on the final eval loss: ZeRO stages only reorder reductions
+# absolute, on the final eval loss: ZeRO stages only reorder reductions, whose rounding compounds
+# over the steps; bf16 keeps 8 bits of mantissa (the SmolLM2 LoRA sweep, 24 steps: the stages'
+# losses differed by up to 0.016)
+LOSS_TOLERANCE = {"fp32": 1e-3, "bf16": 0.03}
+
+
+def loss_tolerance(rows: list[dict]) -> float:
+    """The tolerance of the least precise run."""
+    return max(LOSS_TOLERANCE[r["precision"]] for r in rows)
 
 
 def job_command(job: str) -> str:
@@ -40,7 +48,7 @@ def row_of(name: str, run_dir: Path) -> dict:
             "final_eval_loss": s["final_eval"]["eval/loss"]}
 
 
-def markdown(rows: list[dict], agree: bool) -> str:
+def markdown(rows: list[dict], agree: bool, tolerance: float) -> str:
     lines = markdown_table(
         ["config", "ranks", "ZeRO", "precision", "tokens/s", "step time (s)",
          "peak RSS per rank (MB)", "final eval loss"],
@@ -49,7 +57,9 @@ def markdown(rows: list[dict], agree: bool) -> str:
           " / ".join(f"{m:.0f}" for m in r["peak_rss_mb_per_rank"]), f"{r['final_eval_loss']:.5f}"]
          for r in rows))
     lines.append("")
-    lines.append(f"Final eval losses agree within {LOSS_TOLERANCE}: {'yes' if agree else 'NO'}")
+    lines.append(f"Final eval losses agree within {tolerance:g} (precision "
+                 f"{', '.join(sorted({r['precision'] for r in rows}))}): "
+                 f"{'yes' if agree else 'NO'}")
     return "\n".join(lines) + "\n"
 
 
@@ -68,13 +78,14 @@ def run(job: str, ds_configs: list[str], nproc: int, out: str, overrides: list[s
                    f"sweep: {path} (run dir {run_dir})")
         rows.append(row_of(name, run_dir))
     losses = [r["final_eval_loss"] for r in rows]
-    agree = max(losses) - min(losses) <= LOSS_TOLERANCE
-    report = {"job": job, "nproc": nproc, "loss_tolerance": LOSS_TOLERANCE,
+    tolerance = loss_tolerance(rows)
+    agree = max(losses) - min(losses) <= tolerance
+    report = {"job": job, "nproc": nproc, "loss_tolerance": tolerance,
               "losses_agree": agree, "rows": rows}
     save_json(report, out_dir / "sweep.json")
-    save_text(markdown(rows, agree), out_dir / "sweep.md")
+    save_text(markdown(rows, agree, tolerance), out_dir / "sweep.md")
     _tensorboard(out_dir, rows)
-    print(markdown(rows, agree))
+    print(markdown(rows, agree, tolerance))
     return report
 
 
