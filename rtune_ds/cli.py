@@ -157,7 +157,7 @@ def _bench_distill(args, command: str) -> None:
     from rtune_ds.recipes import bench_distill
 
     bench_distill.run(args.config, args.ds_config, args.bundle, args.base, args.nproc,
-                      args.steps, args.repeats, args.out, args.overrides)
+                      args.steps, args.repeats, args.out, args.overrides, args.force_same_base)
 
 
 def _bench_padding(args, command: str) -> None:
@@ -384,6 +384,8 @@ def parser() -> argparse.ArgumentParser:
     bkd.add_argument("--bundle", required=True, help="the old bundle (the teacher's weights)")
     bkd.add_argument("--base", required=True, help="the new base (the student)")
     bkd.add_argument("--nproc", type=int, default=2, help="ranks per launch")
+    bkd.add_argument("--force-same-base", action="store_true",
+                     help="distill onto the base the bundle was tuned on (recycle's flag)")
     _add_timing_args(bkd, steps=20, repeats=1)
     bkd.add_argument("--out", default="runs/bench_distill",
                      help="the run dirs, the teacher cache and the JSON")

@@ -175,9 +175,12 @@ class DistillConfig:
     beta: float = 0.0  # 0: no hidden-state term
     hidden_layers: list[int] | None = None  # hidden_states indices paired; None: every layer's output
     teacher_deepspeed: str | None = None  # the teacher's own DeepSpeed JSON; None: teacher_offload
-    # classification with beta 0: the teacher's logits over the train split, computed once and
-    # looked up per step (train/teacher_cache.py); false: the teacher runs live every step
+    # beta 0: the teacher's outputs over the train split, computed once and looked up per step
+    # (train/teacher_cache.py); false: the teacher runs live every step
     teacher_cache: bool = True
+    # lm: the cache keeps the teacher's top_k logits per target position (and the logsumexp of
+    # all), and the KL is taken on those k tokens plus one bucket for the rest (a lower bound)
+    top_k: int = 256
     teacher_cache_dir: str | None = None  # None: $RTUNE_CACHE/teacher (~/.cache/rtune_ds/teacher)
     # label-free recycling: a file of inputs (jsonl/csv/parquet with task.text_field, or .txt, one
     # per line) whose labels, if any, are never read. distill and init+distill train on it with

@@ -4,6 +4,7 @@ distillation). The recipes recycle, compat_curve and recycle_all put them in the
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +30,18 @@ from rtune_ds.recycling.mapping import Mapping, Policy
 from rtune_ds.recycling.teacher import build_teacher, teacher_ds_config
 from rtune_ds.train.distill import Distiller
 from rtune_ds.train.engine import TrainResult
-from rtune_ds.train.inference import agreement, class_logits, frozen_engine
+from rtune_ds.train.inference import agreement, class_logits, frozen_engine, next_token_top_k
 from rtune_ds.train.monitor import Monitor
-from rtune_ds.train.teacher_cache import cached_outputs, default_dir, inputs_digest
+from rtune_ds.train.teacher_cache import (
+    TopK,
+    cached_outputs,
+    class_logits_layout,
+    default_dir,
+    inputs_digest,
+    target_offsets,
+    targets_digest,
+    top_k_layout,
+)
 
 
 @dataclass
@@ -244,17 +254,30 @@ def live_teacher_why(cfg: RunConfig) -> str | None:
     """Why the teacher runs on every micro-batch instead of being read from the cache, if so."""
     if not cfg.distill.teacher_cache:
         return "distill.teacher_cache is false"
-    if cfg.task.type != TaskType.CLASSIFICATION:
-        return "only class logits are cached (task.type lm)"
     if cfg.distill.beta > 0:
         return "the hidden-state term (distill.beta > 0) needs the teacher's hidden states"
     return None
 
 
+def top_k_of(cfg: RunConfig, teacher_base: str) -> int:
+    """The k of an LM teacher's bounded table: distill.top_k, at most the vocabulary."""
+    return min(cfg.distill.top_k, read_hf_config(teacher_base)["vocab_size"])
+
+
+def outputs_kept(cfg: RunConfig, data: TaskData, teacher_base: str) -> dict:
+    """The key's part for what the cache keeps of the teacher's outputs: the class logits of the
+    labels in order; for lm, the top k at the split's target positions (which are targets: the
+    table's rows) and T, on which logsumexp(z/T) depends."""
+    if cfg.task.type == TaskType.CLASSIFICATION:
+        return {"labels": data.label_names}
+    return {"top_k": top_k_of(cfg, teacher_base), "temperature": cfg.distill.temperature,
+            "targets": targets_digest(data.splits["train"].labels)}
+
+
 def teacher_cache_parts(r: Recycling, tokenizer, data: TaskData, ds_config: dict) -> dict:
-    """What the teacher's class logits over the train split depend on: the teacher (its base's
-    and bundle's content; build_teacher makes it from these alone), the tokenised inputs, the
-    labels kept, the tokenizer, the teacher's precision and the code that runs it."""
+    """What the teacher's outputs over the train split depend on: the teacher (its base's and
+    bundle's content; build_teacher makes it from these alone), the tokenised inputs, the outputs
+    kept, the tokenizer, the teacher's precision and the code that runs it."""
     import peft
     import transformers
 
@@ -262,7 +285,7 @@ def teacher_cache_parts(r: Recycling, tokenizer, data: TaskData, ds_config: dict
     return {"teacher": {"base": fingerprint(r.teacher.base),
                         "bundle": bundle_fingerprint(r.old.path)},
             "inputs": inputs_digest(data.splits["train"]), "task_type": cfg.task.type,
-            "labels": data.label_names, "max_len": cfg.task.max_len,
+            **outputs_kept(cfg, data, r.teacher.base), "max_len": cfg.task.max_len,
             "tokenizer": tokenizer_hash(tokenizer),
             "precision": "bf16" if ds_config.get("bf16", {}).get("enabled") is True else "fp32",
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -278,6 +301,45 @@ def frozen_record(teacher, digest_before: str) -> dict:
             "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
             "parameters_with_grad": sum(p.grad is not None for p in params),
             "zero_stage": teacher.zero_optimization_stage()}
+
+
+# A bounded LM table whose top k leave more of the teacher's tempered mass than this outside gives
+# a KL far below the full one (SmolLM2-135M at T = 2: 80% outside the top 64, the KL 75% lower)
+LOOSE_BOUND = 0.25
+
+
+def warn_if_loose(cache: dict) -> None:
+    outside = cache.get("mean_mass_outside_top_k", 0.0)
+    if outside > LOOSE_BOUND and dist.is_main():
+        warnings.warn(f"teacher cache: the teacher's top {cache['top_k']} tokens leave "
+                      f"{outside:.0%} of its tempered mass (T = {cache['temperature']}) outside, "
+                      "on average; the KL on them plus one rest bucket is a loose lower bound "
+                      "of the full KL (raise distill.top_k, lower distill.temperature, or "
+                      "distill.teacher_cache=false for the exact KL)")
+
+
+def cache_plan(cfg: RunConfig, data: TaskData, teacher_base: str):
+    """What the teacher cache keeps for the run's task: (its layout, how a teacher's forwards over
+    the train split make it, with the summary the record keeps, and what the Distiller looks up
+    in it). Classification: the class logits; lm: the top-k table and the mean tempered mass its
+    top k leave out over the target positions (from the full logits)."""
+    train, micro = data.splits["train"], cfg.train.micro_batch_size
+    if cfg.task.type == TaskType.CLASSIFICATION:
+        labels = len(data.label_names)
+        return (class_logits_layout(len(train), labels),
+                lambda teacher: ({"logits": class_logits(teacher, train, micro, labels)}, {}),
+                lambda tensors: tensors["logits"])
+    k, temperature = top_k_of(cfg, teacher_base), cfg.distill.temperature
+    offsets = target_offsets(train.labels)
+
+    def outputs(teacher) -> tuple[dict[str, torch.Tensor], dict]:
+        table, outside = next_token_top_k(teacher, train, micro, k, temperature)
+        return table, {"top_k": k, "vocab_size": read_hf_config(teacher_base)["vocab_size"],
+                       "temperature": temperature, "target_positions": len(outside),
+                       "mean_mass_outside_top_k": outside.double().mean().item()}
+
+    return (top_k_layout(int(offsets[-1]), k), outputs,
+            lambda tensors: TopK(**tensors, offsets=offsets))
 
 
 def distiller(r: Recycling, tokenizer, data: TaskData) -> tuple[Distiller, dict]:
@@ -298,20 +360,22 @@ def distiller(r: Recycling, tokenizer, data: TaskData) -> tuple[Distiller, dict]
         return (Distiller(teacher, cfg.distill, cfg.task.type, r.teacher.hidden_layers),
                 {"cache": {"status": "off", "why": why},
                  "weights_digest_before": weights_digest(teacher)})
-    train, ran = data.splits["train"], {}
+    layout, outputs, lookup = cache_plan(cfg, data, r.teacher.base)
+    ran = {}
 
-    def compute() -> torch.Tensor:
+    def compute() -> tuple[dict[str, torch.Tensor], dict]:
         teacher = build()
         before = weights_digest(teacher)
-        logits = class_logits(teacher, train, cfg.train.micro_batch_size, len(data.label_names))
+        found = outputs(teacher)
         ran.update(frozen_record(teacher, before))
         teacher.destroy()
-        return logits
+        return found
 
-    logits, cache = cached_outputs(cfg.distill.teacher_cache_dir or default_dir(),
-                                   teacher_cache_parts(r, tokenizer, data, ds_config),
-                                   (len(train), len(data.label_names)), compute)
-    return (Distiller(None, cfg.distill, cfg.task.type, [], cached_logits=logits),
+    tensors, cache = cached_outputs(cfg.distill.teacher_cache_dir or default_dir(),
+                                    teacher_cache_parts(r, tokenizer, data, ds_config), layout,
+                                    compute)
+    warn_if_loose(cache)
+    return (Distiller(None, cfg.distill, cfg.task.type, [], cached=lookup(tensors)),
             {"cache": cache, **ran})
 
 

@@ -6,8 +6,9 @@ DeepSpeed config (stock: ds_configs/teacher_offload.json, ZeRO-3 inference with 
 offloaded to CPU), independent of the student's, so offloading the teacher never changes how the
 student is sharded. Every rank runs one teacher forward, then one student forward, per micro-batch:
 ZeRO-3 gathers parameters collectively, so the sequence of forwards must match across ranks.
-Classification without the hidden-state term reads the teacher's logits from the teacher cache
-(train/teacher_cache.py) instead: the teacher then runs once over the train split, or not at all.
+Without the hidden-state term the teacher's outputs are read from the teacher cache instead
+(train/teacher_cache.py; class logits, or an LM task's top-k table): the teacher then runs once over
+the train split, or not at all.
 """
 from __future__ import annotations
 

@@ -1,12 +1,19 @@
 """The distillation objective the one loop runs, given a frozen teacher engine or its cached
-logits."""
+outputs."""
 from __future__ import annotations
 
 import torch
 
 from rtune_ds import dist
 from rtune_ds.config.schema import DistillConfig
-from rtune_ds.train.objectives import IGNORE, hidden_mse, kd_kl, kd_total
+from rtune_ds.train.objectives import (
+    hidden_mse,
+    kd_kl,
+    kd_kl_top_k,
+    kd_total,
+    next_token_targets,
+)
+from rtune_ds.train.teacher_cache import TopK
 
 
 class Distiller:
@@ -14,14 +21,16 @@ class Distiller:
     (+ β·hidden-state MSE). Its `scalars()` (kd/ce, kd/kl, kd/hidden: means over the micro-batches
     since the last call, over all ranks) is called by the loop on every rank at log steps.
 
-    The teacher's logits come from its forward on each micro-batch, or, given `cached_logits`
-    (the teacher's logits of every train example, train/teacher_cache.py), are looked up by the
-    batch's `rows` (its examples' indices in the split) and no teacher runs: `teacher` is None."""
+    The teacher's logits come from its forward on each micro-batch, or from `cached`, its outputs
+    over the train split (train/teacher_cache.py), looked up by the batch's `rows` (its examples'
+    indices in the split), and no teacher runs: `teacher` is None. Cached class logits give the
+    same KL as the live teacher; a cached LM table (TopK) gives the KL on the teacher's top-k
+    support (kd_kl_top_k), a lower bound of it."""
 
     def __init__(self, teacher, settings: DistillConfig, task_type: str, hidden_layers: list[int],
-                 cached_logits: torch.Tensor | None = None):
+                 cached: torch.Tensor | TopK | None = None):
         self.teacher, self.s, self.task_type = teacher, settings, task_type
-        self.cached_logits = cached_logits
+        self.cached = cached
         self.hidden_layers = hidden_layers if settings.beta > 0 else []
         self.sums = torch.zeros(4, dtype=torch.float64)  # ce, kl, hidden, micro-batches
 
@@ -31,27 +40,29 @@ class Distiller:
         hidden = [out.hidden_states[i] for i in self.hidden_layers]
         return out.logits, hidden
 
-    def _teacher(self, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        if self.cached_logits is not None:
-            return self.cached_logits[batch["rows"]], []
-        with torch.no_grad():
-            return self._forward(self.teacher, batch)
-
     def __call__(self, engine, batch: dict) -> torch.Tensor:
-        t_logits, t_hidden = self._teacher(batch)
+        t_logits, t_hidden = None, []
+        if self.cached is None:
+            with torch.no_grad():
+                t_logits, t_hidden = self._forward(self.teacher, batch)
         s_logits, s_hidden = self._forward(engine, batch)
-        labels = batch["labels"]
+        labels, temperature = batch["labels"], self.s.temperature
         no_ce = self.s.alpha == 1  # label-free inputs have no labels to read
         if self.task_type == "classification":
             ce = (s_logits.new_zeros(()) if no_ce else
                   torch.nn.functional.cross_entropy(s_logits.float(), labels))
-            kl = kd_kl(s_logits, t_logits, self.s.temperature)
-        else:  # next-token targets: position i predicts token i+1 of the completion
-            s_logits, t_logits, labels = s_logits[:, :-1], t_logits[:, :-1], labels[:, 1:]
-            targets = labels != IGNORE
+            if self.cached is not None:
+                t_logits = self.cached[batch["rows"]]
+            kl = kd_kl(s_logits, t_logits, temperature)
+        else:  # next-token targets only: the vocabulary-wide softmaxes run on these rows alone
+            targets = next_token_targets(labels)
+            s_logits = s_logits[:, :-1][targets].float()  # one fp32 copy for CE and KL
             ce = (s_logits.new_zeros(()) if no_ce else torch.nn.functional.cross_entropy(
-                s_logits[targets].float(), labels[targets]))
-            kl = kd_kl(s_logits, t_logits, self.s.temperature, targets)
+                s_logits, labels[:, 1:][targets]))
+            if self.cached is not None:
+                kl = kd_kl_top_k(s_logits, *self.cached.of_rows(batch["rows"]), temperature)
+            else:
+                kl = kd_kl(s_logits, t_logits[:, :-1][targets], temperature)
         hidden = (hidden_mse(s_hidden, t_hidden, batch["attention_mask"])
                   if self.hidden_layers else None)
         del t_logits, t_hidden  # the teacher's outputs are not kept past the loss
@@ -68,4 +79,3 @@ class Distiller:
         if self.hidden_layers:
             out["kd/hidden"] = sums[2].item() / n
         return out
-

@@ -12,7 +12,7 @@ import torch
 
 from rtune_ds import dist
 from rtune_ds.train.inference import class_logits, rank_shards
-from rtune_ds.train.objectives import IGNORE, LMObjective, lm_loss
+from rtune_ds.train.objectives import IGNORE, LMObjective, lm_loss, next_token_targets
 
 EVAL_KEY_OFFSET = 1 << 40  # eval masks never coincide with a training sample's
 
@@ -121,7 +121,7 @@ def evaluate_sft(model: torch.nn.Module, examples, micro_batch: int, max_new_tok
         idx = idx or [0]
         batch = examples.batch(idx)
         loss = model(**batch).loss.double()
-        count = int((batch["labels"][:, 1:] != IGNORE).sum())
+        count = int(next_token_targets(batch["labels"]).sum())
         gen = greedy_completions(model, batch["input_ids"], examples.prompt_len[idx], steps,
                                  pad_id)
         hits = 0

@@ -11,7 +11,8 @@ import deepspeed
 import torch
 
 from rtune_ds import dist
-from rtune_ds.train.objectives import IGNORE, kd_kl
+from rtune_ds.train.objectives import kd_kl, next_token_targets
+from rtune_ds.train.teacher_cache import target_offsets, top_k_layout
 
 INFERENCE_DROPS = ("optimizer", "scheduler", "gradient_clipping")
 
@@ -63,6 +64,33 @@ def class_logits(model, examples, micro_batch: int, num_labels: int) -> torch.Te
 
 
 @torch.no_grad()
+def next_token_top_k(model, examples, micro_batch: int, k: int,
+                     temperature: float) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The bounded LM table of `examples` (teacher_cache.top_k_layout: at every target position,
+    the k largest logits, their ids and logsumexp(z/T) over the vocabulary) and, per position,
+    the tempered probability mass outside the top k; on every rank, gathered as class_logits
+    gathers its rows (each rank fills the rows of its examples)."""
+    offsets = target_offsets(examples.labels)
+    layout = top_k_layout(int(offsets[-1]), k)
+    table = {name: torch.zeros(shape, dtype=dtype) for name, (shape, dtype) in layout.items()}
+    outside = torch.zeros(int(offsets[-1]), dtype=torch.float32)
+    for idx in rank_shards(examples, micro_batch):
+        batch = examples.batch(idx or [0])  # a padding forward keeps ranks in step
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        if not idx:
+            continue
+        z = logits[:, :-1][next_token_targets(batch["labels"])].float()
+        rows = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in idx])
+        top = z.topk(k, dim=-1)
+        lse = torch.logsumexp(z / temperature, dim=-1)
+        table["top_logits"][rows], table["top_ids"][rows] = top.values, top.indices.int()
+        table["lse"][rows] = lse
+        outside[rows] = -torch.expm1(torch.logsumexp(top.values / temperature, dim=-1) - lse)
+    return ({name: dist.all_reduce_sum(t) for name, t in table.items()},
+            dist.all_reduce_sum(outside))
+
+
+@torch.no_grad()
 def agreement(teacher, student, examples, micro_batch: int, num_labels: int | None) -> dict:
     """How closely `student` follows `teacher` over `examples`, no label read: the share of their
     predictions that agree (classes; num_labels None: the next token at each target position)
@@ -75,7 +103,7 @@ def agreement(teacher, student, examples, micro_batch: int, num_labels: int | No
         if num_labels:
             t, s = t[:, :num_labels], s[:, :num_labels]
         else:  # position i predicts token i+1
-            keep = batch["labels"][:, 1:] != IGNORE
+            keep = next_token_targets(batch["labels"])
             t, s = t[:, :-1][keep], s[:, :-1][keep]
         if idx:
             sums += torch.tensor([(t.argmax(-1) == s.argmax(-1)).sum().item(),

@@ -50,7 +50,7 @@ class LMObjective:
         """How many tokens the mean loss of `batch` averages over."""
         labels = batch["labels"]
         if kind == "clm":
-            return int((labels[:, 1:] != IGNORE).sum())
+            return int(next_token_targets(labels).sum())
         return int((labels != IGNORE).sum())
 
 
@@ -116,17 +116,43 @@ def classification_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 # --- distillation: pure functions of logits and hidden states --------------------------------
 
-def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
-          mask: torch.Tensor | None = None) -> torch.Tensor:
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """[B, L-1] bool: the positions of an LM batch that have a target; position i predicts the
+    token i+1. Selecting rows with it orders them row by row, position by position."""
+    return labels[:, 1:] != IGNORE
+
+
+def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+          temperature: float) -> torch.Tensor:
     """T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)), the mean over rows (the last dim is the classes or
-    the vocabulary); `mask` (the leading dims, bool) keeps only real rows, such as the target
-    positions of a sequence. T² keeps the gradient scale independent of T (Hinton et al.)."""
+    the vocabulary; the callers keep only real rows, such as the target positions of a sequence).
+    T² keeps the gradient scale independent of T (Hinton et al.)."""
     s = torch.log_softmax(student_logits.float() / temperature, dim=-1)
     t = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    per_row = (t.exp() * (t - s)).sum(-1)
-    if mask is not None:
-        per_row = per_row[mask]
-    return temperature ** 2 * per_row.mean()
+    return temperature ** 2 * (t.exp() * (t - s)).sum(-1).mean()
+
+
+def kd_kl_top_k(student_logits: torch.Tensor, top_logits: torch.Tensor, top_ids: torch.Tensor,
+                teacher_lse: torch.Tensor, temperature: float) -> torch.Tensor:
+    """kd_kl on the teacher's top-k support: T²·KL between the two tempered distributions coarsened
+    to the teacher's k top tokens plus one bucket for the rest of the vocabulary, the mean over
+    rows. `top_logits`, `top_ids` [rows, k]: the teacher's k largest logits and their token ids;
+    `teacher_lse` [rows]: logsumexp(z_t/T) over the whole vocabulary, so the teacher's tempered
+    probabilities of its top k are exact. Merging tokens never increases a KL, so this is a lower
+    bound of kd_kl, equal to it when k is the vocabulary (no rest bucket then)."""
+    s = student_logits.float() / temperature
+    s_lse = torch.logsumexp(s, dim=-1, keepdim=True)
+    log_q = s.gather(-1, top_ids.long()) - s_lse
+    log_p = top_logits.float() / temperature - teacher_lse.float().unsqueeze(-1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    if top_ids.shape[-1] < s.shape[-1]:
+        # the rest as 1 − Σ top-k would cancel catastrophically once the top k hold nearly all;
+        # the student's is a logsumexp over the other tokens, the teacher's -expm1(log Σ p_top)
+        log_q_rest = torch.logsumexp(s.scatter(-1, top_ids.long(), float("-inf")), dim=-1) \
+            - s_lse.squeeze(-1)
+        p_rest = -torch.expm1(torch.logsumexp(log_p, dim=-1).clamp(max=0.0))
+        kl = kl + torch.xlogy(p_rest, p_rest) - p_rest * log_q_rest
+    return temperature ** 2 * kl.mean()
 
 
 def hidden_mse(student_hidden: list[torch.Tensor], teacher_hidden: list[torch.Tensor],
