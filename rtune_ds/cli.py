@@ -106,6 +106,12 @@ def _models_import_gguf(args, command: str) -> None:
     models.import_gguf(args.file, args.out)
 
 
+def _generate_inputs(args, command: str) -> None:
+    from rtune_ds.recipes import generate_inputs
+
+    generate_inputs.from_args(args, command)
+
+
 def _demo(args, command: str) -> None:
     if args.run_plan:  # inside the demo's own launch: its jobs are commands of this table
         from rtune_ds.demo.runner import run_plan
@@ -330,6 +336,23 @@ def parser() -> argparse.ArgumentParser:
                     "directory (dequantised fp32 safetensors, tokenizer, chat template, lineage)")
     gguf.add_argument("file", help="the .gguf file")
     gguf.add_argument("--out", required=True, help="the HF directory to write (must not exist)")
+    gen = _command(sub, "generate-inputs", _generate_inputs, "unlabeled inputs an old decoder "
+                   "base writes from a handful of example texts (for recycle --unlabeled), "
+                   "then a JSON summary")
+    gen.add_argument("--base", required=True, help="the base the bundle was tuned on: a local HF "
+                     "decoder directory")
+    gen.add_argument("--examples", required=True, help="a few example texts: jsonl/csv/parquet "
+                     "with --text-field (no other column is read), or .txt, one per line")
+    gen.add_argument("--n", type=int, required=True, help="inputs to generate")
+    gen.add_argument("--out", required=True, help="OUT.jsonl to write (must not exist; its "
+                     "record goes to OUT.jsonl.lineage.json)")
+    gen.add_argument("--max-new-tokens", type=int, default=64, help="tokens per input at most")
+    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    gen.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling's mass")
+    gen.add_argument("--seed", type=int, default=0, help="the shots drawn and the sampling")
+    gen.add_argument("--shots", type=int, default=4, help="example texts in each prompt")
+    gen.add_argument("--batch-size", type=int, default=16, help="prompts sampled at once")
+    gen.add_argument("--text-field", default="text", help="the examples' text column")
     demo = _command(sub, "demo", _demo, "the study on a real pretrained model and real text, then "
                     "a report (OUT/report.md)")
     demo.add_argument("--quick", action="store_true", help="the smoke-test budget (a few minutes, "

@@ -183,19 +183,26 @@ def encode_sft(prompts: list[str], completions: list[str], tokenizer, max_len: i
     return Examples(ids, mask, labels, torch.tensor(prompt_lens, dtype=torch.long))
 
 
-def encode_unlabeled(path: str, task: TaskConfig, tokenizer, where: str) -> Examples:
-    """Label-free training inputs: the texts of `path` (task.text_field; a .txt file's lines),
-    their labels never read. classification: IGNORE as every label (a loss that read one would
-    be NaN, not quietly wrong); lm: the whole text is the completion, every token a target."""
-    key = "distill.unlabeled"
+def unlabeled_texts(path: str, text_field: str, key: str, field_key: str,
+                    where: str) -> list[str]:
+    """The texts of `path`: column `text_field` of a table (set by `field_key`), or a .txt file's
+    non-blank lines; no other column is read. `key` names the file's setting in `where`."""
     if Path(path).suffix in (".txt", ".text"):
         table, field = datasets.load_dataset("text", data_files=str(path), split="train"), "text"
         table = table.filter(lambda row: bool(row["text"].strip()))
     else:
-        table, field = load_table(path, key, where), task.text_field
-    texts = [str(x) for x in column(table, field, "task.text_field", path, where)]
+        table, field = load_table(path, key, where), text_field
+    texts = [str(x) for x in column(table, field, field_key, path, where)]
     if not texts:
         raise ConfigError(f"{path}: no inputs ({key} in {where})")
+    return texts
+
+
+def encode_unlabeled(path: str, task: TaskConfig, tokenizer, where: str) -> Examples:
+    """Label-free training inputs: the texts of `path` (task.text_field; a .txt file's lines),
+    their labels never read. classification: IGNORE as every label (a loss that read one would
+    be NaN, not quietly wrong); lm: the whole text is the completion, every token a target."""
+    texts = unlabeled_texts(path, task.text_field, "distill.unlabeled", "task.text_field", where)
     if task.type == "classification":
         return encode_classification(texts, [IGNORE] * len(texts), tokenizer, task.max_len)
     return encode_sft([""] * len(texts), texts, tokenizer, task.max_len)
