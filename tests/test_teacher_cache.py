@@ -178,6 +178,15 @@ def lm_job(tmp_path, top_k: int, temperature: float):
     return cfg, base
 
 
+def test_an_lm_teacher_is_cached_only_when_top_k_asks_for_the_bound(tmp_path):
+    from rtune_ds.jobs.recycling import live_teacher_why
+
+    exact, _ = lm_job(tmp_path, None, 2.0)  # the default: the exact KL, the teacher live
+    assert "distill.top_k" in live_teacher_why(exact)
+    bounded, _ = lm_job(tmp_path, 256, 1.0)
+    assert live_teacher_why(bounded) is None
+
+
 def test_the_lm_tables_key_follows_k_t_and_which_positions_are_targets(tmp_path):
     from rtune_ds.data.examples import TaskData
     from rtune_ds.jobs.recycling import outputs_kept

@@ -134,7 +134,8 @@ def validate_distill(cfg: RunConfig, where: str) -> None:
     _require(0 <= d.alpha <= 1, where, "distill.alpha", f"must be in [0, 1], got {d.alpha}")
     _require(d.temperature > 0, where, "distill.temperature", f"must be > 0, got {d.temperature}")
     _require(d.beta >= 0, where, "distill.beta", f"must be >= 0, got {d.beta}")
-    _require(d.top_k >= 1, where, "distill.top_k", f"must be >= 1, got {d.top_k}")
+    _require(d.top_k is None or d.top_k >= 1, where, "distill.top_k",
+             f"must be >= 1, got {d.top_k}")
     if d.hidden_layers is not None:
         _require(len(d.hidden_layers) > 0 and all(i >= 0 for i in d.hidden_layers), where,
                  "distill.hidden_layers", "a non-empty list of hidden_states indices (>= 0)")

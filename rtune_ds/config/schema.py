@@ -178,9 +178,10 @@ class DistillConfig:
     # beta 0: the teacher's outputs over the train split, computed once and looked up per step
     # (train/teacher_cache.py); false: the teacher runs live every step
     teacher_cache: bool = True
-    # lm: the cache keeps the teacher's top_k logits per target position (and the logsumexp of
-    # all), and the KL is taken on those k tokens plus one bucket for the rest (a lower bound)
-    top_k: int = 256
+    # lm: None, the teacher runs live (the exact KL over the vocabulary); k, the cache keeps the
+    # teacher's k largest logits per target position (and the logsumexp of all), and the KL is
+    # taken on those k tokens plus one bucket for the rest: a lower bound, tight only at T ~ 1
+    top_k: int | None = None
     teacher_cache_dir: str | None = None  # None: $RTUNE_CACHE/teacher (~/.cache/rtune_ds/teacher)
     # label-free recycling: a file of inputs (jsonl/csv/parquet with task.text_field, or .txt, one
     # per line) whose labels, if any, are never read. distill and init+distill train on it with

@@ -256,6 +256,9 @@ def live_teacher_why(cfg: RunConfig) -> str | None:
         return "distill.teacher_cache is false"
     if cfg.distill.beta > 0:
         return "the hidden-state term (distill.beta > 0) needs the teacher's hidden states"
+    if cfg.task.type == TaskType.LM and cfg.distill.top_k is None:
+        return ("task.type lm: the exact KL needs the teacher's whole vocabulary (distill.top_k "
+                "caches a bounded table instead)")
     return None
 
 
