@@ -44,9 +44,10 @@ def main() -> None:
     task = TaskConfig(type="lm", train=args.train, max_len=args.max_len)
     train = load_task(task, load_tokenizer(args.base), 0, args.train).splits["train"]
     student = AutoModelForCausalLM.from_pretrained(args.base, dtype=dtype).eval()
-    teacher = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(args.base, dtype=dtype),
-                                        f"{args.bundle}/adapter").eval()
-    t, s = target_logits(teacher, train, args.examples), target_logits(student, train, args.examples)
+    base = AutoModelForCausalLM.from_pretrained(args.base, dtype=dtype)
+    teacher = PeftModel.from_pretrained(base, f"{args.bundle}/adapter").eval()
+    t = target_logits(teacher, train, args.examples)
+    s = target_logits(student, train, args.examples)
     found = {"positions": len(t), "by_t_and_k": []}
     for temperature in (1.0, 2.0, 5.0):
         full, lse = kd_kl(s, t, temperature).item(), torch.logsumexp(t / temperature, -1)

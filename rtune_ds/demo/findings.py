@@ -44,10 +44,10 @@ METHOD_CONTRASTS = ("init − vanilla", "distill − vanilla", "init+distill −
 # ---------------------------------------------------------------- the gate
 
 def upgrade_gate(v1: dict | None, bundles: list[dict], thresholds: dict) -> dict:
-    """Is v1 a real upgrade of v0? (1) its computing LM (MLM or CLM) eval loss falls, relative to its first
-    eval (after any head warm-up), by at least `fall_gap` more than the general one; (2) the v0
-    bundles keep, on average, at most `max_gain_kept` of their dev gain over the majority class
-    when applied to v1 with no training. Both must hold."""
+    """Is v1 a real upgrade of v0? (1) its computing LM (MLM or CLM) eval loss falls, relative to
+    its first eval (after any head warm-up), by at least `fall_gap` more than the general one; (2)
+    the v0 bundles keep, on average, at most `max_gain_kept` of their dev gain over the majority
+    class when applied to v1 with no training. Both must hold."""
     gap, most = thresholds["fall_gap"], thresholds["max_gain_kept"]
     checks, evidence = {}, {"thresholds": thresholds}
     if v1 and v1.get("first_eval"):

@@ -98,10 +98,12 @@ def encode_prompts(tokenizer, prompts: list[str]) -> dict[str, torch.Tensor]:
     return tokenizer.pad({"input_ids": rows}, return_tensors="pt")
 
 
-def check_request(base: Path, examples: Path, out: Path, settings: Settings) -> list[str]:
+def check_request(base: Path, examples: Path, out: Path, settings: Settings
+                  ) -> tuple[list[str], object]:
     """Every refusal before any compute: the flags, --out and its record (new files only), --base
     (a decoder: a causal LM that continues a prompt), the examples (their texts; no other column
-    is read) and the longest prompt against the base's positions. The examples, one line each."""
+    is read) and the longest prompt against the base's positions. (The examples, one line each;
+    the base's tokenizer.)"""
     settings.check()
     if out.suffix != ".jsonl":
         raise ConfigError(f"{WHERE}: key '--out': {out} must end in .jsonl (the inputs are "
@@ -120,7 +122,7 @@ def check_request(base: Path, examples: Path, out: Path, settings: Settings) -> 
     length = encode_prompts(tokenizer, [prompt(longest)])["input_ids"].shape[1]
     check_positions(str(base), length + settings.max_new_tokens, "--shots",
                     f"in the longest {k}-shot prompt and --max-new-tokens", WHERE)
-    return texts
+    return texts, tokenizer
 
 
 def check_decoder(base: Path) -> str:
@@ -144,13 +146,13 @@ def check_decoder(base: Path) -> str:
     return model_type
 
 
-def load_decoder(base: Path):
-    """(the causal LM in eval mode, its tokenizer padding on the left as a decoder batch must)."""
+def load_decoder(base: Path, tokenizer):
+    """The causal LM in eval mode; its tokenizer is set to pad on the left, as a decoder batch
+    must."""
     from transformers import AutoModelForCausalLM
 
     from rtune_ds.models.loader import from_local
 
-    tokenizer = load_tokenizer(base)
     if tokenizer.pad_token_id is None:
         raise ConfigError(f"{WHERE}: key '--base': the tokenizer at {base} has no pad token and "
                           "no EOS token to pad with")
@@ -159,7 +161,7 @@ def load_decoder(base: Path):
     if missing:  # an LM head (or more) not in the checkpoint would sample from random weights
         raise ConfigError(f"{WHERE}: key '--base': the checkpoint at {base} lacks "
                           f"{len(missing)} tensors of its causal LM ({sorted(missing)[0]}, ...)")
-    return model.eval(), tokenizer
+    return model.eval()
 
 
 class _AtNewline(StoppingCriteria):

@@ -29,8 +29,8 @@ def run(base: str, examples: str, out: str, settings, command: str) -> dict:
 
     start = time.time()
     base, examples, out = Path(base), Path(examples), Path(out)
-    texts = job.check_request(base, examples, out, settings)
-    model, tokenizer = job.load_decoder(base)
+    texts, tokenizer = job.check_request(base, examples, out, settings)
+    model = job.load_decoder(base, tokenizer)
     made = job.generate(model, tokenizer, texts, settings)
     record = job.write(out, base, examples, len(texts), settings, made, tokenizer, command,
                        time.time() - start)

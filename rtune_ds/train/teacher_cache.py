@@ -14,8 +14,9 @@ What a file holds (its layout: tensor names, shapes, dtypes) depends on the task
   `top_logits` [positions, k] fp32 (the KL is computed in fp32, and at 8k + 4 bytes per
   position, 2 kB for k = 256, a file is small beside the model), their token ids `top_ids`
   [positions, k] int32 and `lse` [positions] fp32, logsumexp(z/T) over the whole vocabulary,
-  which makes the tempered probabilities of the top k exact (objectives.kd_kl_top_k). The file's metadata keeps how much
-  of the teacher's tempered mass the top k left out, measured from the full logits at build time.
+  which makes the tempered probabilities of the top k exact (objectives.kd_kl_top_k). The
+  file's metadata keeps how much of the teacher's tempered mass the top k left out, measured
+  from the full logits at build time.
 """
 from __future__ import annotations
 
