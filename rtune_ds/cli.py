@@ -58,7 +58,8 @@ def _recycle_all(args, command: str) -> None:
 
     recycle_all.recycle_all(args.bundles, args.base, args.config, _overrides(args), args.out,
                             _policy(args, "command line"), command, args.force_same_base,
-                            args.keep_at, args.few_shot_at, args.then)
+                            args.keep_at, args.few_shot_at, args.then, args.unlabeled,
+                            args.old_base, args.agree_at)
 
 
 def _compat_curve(args, command: str) -> None:
@@ -273,6 +274,13 @@ def parser() -> argparse.ArgumentParser:
                       "train examples per label is few-shot (re-tuned with init+distill)")
     many.add_argument("--then", choices=("tune",), help="tune: run the recommended recycling of "
                       "every bundle that needs it (a queue that resumes when rerun)")
+    many.add_argument("--unlabeled", metavar="FILE", help="inputs without labels: a bundle whose "
+                      "labeled dev set is gone (task.dev unset or missing) is scored by its "
+                      "agreement with its old model on them, and re-tuned label-free")
+    many.add_argument("--agree-at", type=float, default=0.9, help="label-free: keep a bundle that "
+                      "agrees with its old model on this share of the unlabeled inputs")
+    many.add_argument("--old-base", help="label-free: the base the bundles were tuned on, where "
+                      "a bundle does not record it")
     _add_recycle_args(many)
     many.add_argument("overrides", nargs="*", help="dotted overrides for every bundle's job")
     analyze = sub.add_parser("analyze", help="analyses of tuned models").add_subparsers(

@@ -17,6 +17,7 @@ from rtune_ds.config.schema import DistillConfig, TaskConfig
 from rtune_ds.data.examples import Examples, load_task
 from rtune_ds.data.tokenizer import load_tokenizer
 from rtune_ds.errors import ConfigError
+from rtune_ds.jobs.recycling import bundle_job_config
 from rtune_ds.recycling.advice import label_free_advice
 from rtune_ds.train.distill import Distiller
 from rtune_ds.train.inference import agreement
@@ -100,19 +101,52 @@ def test_unlabeled_inputs_replace_the_train_split_and_their_labels_are_never_rea
         load_task(task, tokenizer, 0, "job.yaml", str(no_text))
 
 
-def test_label_free_needs_no_train_file_but_its_inputs(tmp_path):
+def test_label_free_needs_no_labeled_file_but_its_inputs(tmp_path):
     base = smollm_like(tmp_path / "base")
-    data = {"run_dir": str(tmp_path / "run"), "model": {"path": str(base)},
-            "task": {"dev": str(FIXTURES / "cls_dev.jsonl")}}
+    unlabeled = f"distill.unlabeled={FIXTURES / 'cls_train.jsonl'}"
+
+    def job(**task) -> dict:
+        return {"run_dir": str(tmp_path / "run"), "model": {"path": str(base)},
+                "task": {k: str(FIXTURES / v) for k, v in task.items()}}
+
     with pytest.raises(ConfigError, match=r"key 'task.train': is required .*distill.unlabeled"):
-        run_config_from(data, [], "job.yaml", "finetune")
-    cfg = run_config_from(data, [f"distill.unlabeled={FIXTURES / 'cls_train.jsonl'}"],
-                          "job.yaml", "finetune")
-    assert cfg.task.train is None
+        run_config_from(job(dev="cls_dev.jsonl"), [], "job.yaml", "finetune")
+    with pytest.raises(ConfigError, match=r"key 'task.dev': is required .*distill.unlabeled"):
+        run_config_from(job(train="cls_train.jsonl"), [], "job.yaml", "finetune")
+    cfg = run_config_from(job(dev="cls_dev.jsonl"), [unlabeled], "job.yaml", "finetune")
+    assert cfg.task.train is None and cfg.task.dev
+    cfg = run_config_from(job(), [unlabeled], "job.yaml", "finetune")
+    assert (cfg.task.train, cfg.task.dev, cfg.task.test) == (None, None, None)
     with pytest.raises(ConfigError, match=r"key 'distill.unlabeled': file of unlabeled inputs "
                                           r"not found: .*missing.txt"):
-        run_config_from(data, [f"distill.unlabeled={tmp_path / 'missing.txt'}"], "job.yaml",
+        run_config_from(job(), [f"distill.unlabeled={tmp_path / 'missing.txt'}"], "job.yaml",
                         "finetune")
+
+
+@pytest.mark.parametrize("dev, label_free", [("cls_dev.jsonl", False), ("gone.jsonl", True),
+                                             (None, True)])
+def test_a_library_job_is_label_free_exactly_when_its_dev_set_is_gone(tmp_path, dev, label_free):
+    """recycle-all --unlabeled: a bundle's job (from its lineage) keeps its labeled files when its
+    dev set is there; else its missing files are dropped and it reads the unlabeled inputs
+    (without them, such a job is refused)."""
+    base, bundle = smollm_like(tmp_path / "base"), tmp_path / "bundle"
+    bundle.mkdir()
+    task = {"train": str(tmp_path / "gone_train.jsonl"), "test": str(FIXTURES / "cls_test.jsonl"),
+            **({"dev": str(FIXTURES / dev) if dev != "gone.jsonl" else str(tmp_path / dev)}
+               if dev else {})}
+    if not label_free:
+        task["train"] = str(FIXTURES / "cls_train.jsonl")
+    (bundle / "lineage.json").write_text(json.dumps({"config": {"task": task}}))
+    unlabeled = str(FIXTURES / "cls_train.jsonl")
+    cfg, where = bundle_job_config(bundle, None, [], tmp_path / "run", str(base), unlabeled)
+    assert where == str(bundle / "lineage.json") and cfg.model.path == str(base)
+    assert (cfg.distill.unlabeled == unlabeled) is label_free
+    assert cfg.task.test == task["test"]
+    assert cfg.task.train == (None if label_free else task["train"])
+    assert cfg.task.dev == (None if label_free else task["dev"])
+    if label_free:  # without --unlabeled the job is refused, naming the key
+        with pytest.raises(ConfigError, match=r"key 'task\.(train|dev)'"):
+            bundle_job_config(bundle, None, [], tmp_path / "run", str(base), None)
 
 
 def test_label_free_is_refused_where_labels_train(tmp_path, cache_dir):
@@ -127,3 +161,17 @@ def test_label_free_is_refused_where_labels_train(tmp_path, cache_dir):
                              str(FIXTURES / "cls_train.jsonl")], cache_dir)
     assert proc.returncode == 2 and "key 'distill.unlabeled': init tunes on labels" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_recycle_all_refuses_missing_unlabeled_inputs_before_any_bundle_is_read(tmp_path,
+                                                                                 cache_dir):
+    base = smollm_like(tmp_path / "base")
+    common = ["recycle-all", "--bundles", str(tmp_path / "none"), "--base", str(base), "--out",
+              str(tmp_path / "out")]
+    proc = rtune_in_process([*common, "--unlabeled", str(tmp_path / "gone.txt")], cache_dir)
+    assert proc.returncode == 2 and "--unlabeled" in proc.stderr and "gone.txt: file of " \
+        "unlabeled inputs not found" in proc.stderr
+    proc = rtune_in_process([*common, "--unlabeled", str(FIXTURES / "cls_train.jsonl"),
+                             "--agree-at", "1.5"], cache_dir)
+    assert proc.returncode == 2 and "--agree-at 1.5: must be in (0, 1]" in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -107,7 +107,9 @@ def validate_task(cfg: RunConfig, where: str) -> None:
     _require(k.train is not None or cfg.distill.unlabeled is not None, where, "task.train",
              "is required (a jsonl/csv/parquet file), or distill.unlabeled for label-free "
              "recycling")
-    _require(k.dev is not None, where, "task.dev", "is required (a jsonl/csv/parquet file)")
+    _require(k.dev is not None or cfg.distill.unlabeled is not None, where, "task.dev",
+             "is required (a jsonl/csv/parquet file), or distill.unlabeled for label-free "
+             "recycling")
     for key in ("train", "dev", "test"):
         path = getattr(k, key)
         if path is not None:

@@ -74,7 +74,7 @@ class Examples:
 class TaskData:
     type: str
     label_names: list[str] | None
-    splits: dict[str, Examples]  # train, dev, (test)
+    splits: dict[str, Examples]  # train, dev (none in a label-free run), test (optional)
     files: dict[str, str]
     sizes: dict[str, int]
 
@@ -261,10 +261,11 @@ def load_task(task: TaskConfig, tokenizer, seed: int, where: str,
     return TaskData(task.type, label_names, splits, files, sizes)
 
 
-def task_key(task: TaskConfig, tokenizer_id: str, seed: int) -> str:
+def task_key(task: TaskConfig, tokenizer_id: str, seed: int, unlabeled: str | None = None) -> str:
     """What the tokenised splits of `task` depend on, as a digest: its settings, the bytes of its
-    files, the tokenizer and the seed (few-shot draws). Two bundles of one task share one key."""
-    files = [content_hash(p) for p in (task.train, task.dev, task.test) if p]
+    files (and of the unlabeled inputs that replace its train split), the tokenizer and the seed
+    (few-shot draws). Two bundles of one task share one key."""
+    files = [content_hash(p) for p in (task.train, task.dev, task.test, unlabeled) if p]
     return hashlib.sha256(json.dumps([vars(task), tokenizer_id, seed, files], sort_keys=True,
                                      default=str).encode()).hexdigest()
 

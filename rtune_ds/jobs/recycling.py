@@ -25,7 +25,7 @@ from rtune_ds.jobs import tuning
 from rtune_ds.models.hf_config import hidden_size_of, read_hf_config
 from rtune_ds.models.zero import weights_digest
 from rtune_ds.recycling import transplant
-from rtune_ds.recycling.advice import label_free_advice
+from rtune_ds.recycling.advice import AGREE_AT, label_free_advice
 from rtune_ds.recycling.mapping import Mapping, Policy
 from rtune_ds.recycling.teacher import build_teacher, teacher_ds_config
 from rtune_ds.train.distill import Distiller
@@ -42,6 +42,8 @@ from rtune_ds.train.teacher_cache import (
     targets_digest,
     top_k_layout,
 )
+
+SPLITS = ("train", "dev", "test")  # the task keys naming labeled data files
 
 
 @dataclass
@@ -165,9 +167,11 @@ def bundle_dirs(root: str | Path) -> list[Path]:
 
 
 def bundle_job_config(bundle: Path, config: str | None, overrides: list[str], run_dir: Path,
-               base: str) -> tuple[RunConfig, str]:
+                      base: str, unlabeled: str | None = None) -> tuple[RunConfig, str]:
     """The job for `bundle`: --config if given, else the config the bundle was tuned
-    with (its lineage.json), with run_dir and model.path set."""
+    with (its lineage.json), with run_dir and model.path set. With `unlabeled` inputs, a job
+    whose labeled dev set is gone (task.dev unset, or its file missing) becomes label-free on
+    them: its missing task files are dropped and distill.unlabeled is set."""
     if config:
         data, where = read_mapping(config), config
     else:
@@ -177,6 +181,11 @@ def bundle_job_config(bundle: Path, config: str | None, overrides: list[str], ru
                               "--config with the task keys")
         data, where = json.loads(lineage.read_text())["config"], str(lineage)
     overrides = [*overrides, f"run_dir={run_dir}", f"model.path={base}"]
+    task = data.get("task") or {}
+    if unlabeled and not (task.get("dev") and Path(task["dev"]).is_file()):
+        data = {**data, "task": {k: v for k, v in task.items() if k not in SPLITS
+                                 or (v and Path(v).is_file())}}
+        overrides.append(f"distill.unlabeled={unlabeled}")
     return run_config_from(data, overrides, where, "finetune"), where
 
 
@@ -404,19 +413,19 @@ def record_compat(result: dict, run_dir: Path) -> None:
         save_json(result, run_dir / "compat.json")
 
 
-def label_free_compat(r: Recycling, s: Started, student) -> dict:
-    """How closely the bundle on the new base follows the old model over the unlabeled inputs
-    (no label read), and the keep / re-tune advice drawn from it."""
+def label_free_compat(r: Recycling, tokenizer, data: TaskData, student,
+                      agree_at: float = AGREE_AT) -> dict:
+    """How closely `student` (the bundle on the new base) follows the old model over the
+    unlabeled inputs (no label read), and the keep / re-tune advice drawn from it."""
     cfg, p = r.plan.cfg, r.plan
     ds_config = teacher_ds_config(cfg, dist.world_size(), p.grad_accum, p.schedule.peak_lr,
                                   hidden_size_of(r.teacher.base))
-    teacher = build_teacher(r.old, r.teacher.base, s.data.label_names, s.tokenizer.pad_token_id,
+    teacher = build_teacher(r.old, r.teacher.base, data.label_names, tokenizer.pad_token_id,
                             ds_config)
-    labels = len(s.data.label_names) if s.data.label_names else None
-    score = agreement(teacher, student.module, s.data.splits["train"],
-                      cfg.train.micro_batch_size, labels)
+    labels = len(data.label_names) if data.label_names else None
+    score = agreement(teacher, student, data.splits["train"], cfg.train.micro_batch_size, labels)
     teacher.destroy()
-    return {**score, **label_free_advice(score["agreement"]), **label_free_record(cfg)}
+    return {**score, **label_free_advice(score["agreement"], agree_at), **label_free_record(cfg)}
 
 
 def compat(r: Recycling, s: Started) -> dict:
@@ -426,7 +435,7 @@ def compat(r: Recycling, s: Started) -> dict:
     metrics = tuning.score(r.plan, engine.module, s.data, s.tokenizer)
     result = compat_result(r, metrics, weights_digest(engine))
     if r.teacher:
-        result["label_free"] = label_free_compat(r, s, engine)
+        result["label_free"] = label_free_compat(r, s.tokenizer, s.data, engine.module)
     record_compat(result, s.run_dir)
     dist.barrier()
     return result

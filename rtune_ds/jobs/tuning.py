@@ -112,8 +112,8 @@ def evaluator(p: Plan, data: TaskData, tokenizer, split: str):
 
 
 def train(p: Plan, model, tokenizer, data: TaskData, loss=None) -> engine.TrainResult:
-    """The one loop from the model's current state, evaluating on dev and keeping the best dev
-    weights. `loss`: the task's own loss unless another objective is given."""
+    """The one loop from the model's current state, evaluating on dev (when the task has one) and
+    keeping the best dev weights. `loss`: the task's own loss unless another objective is given."""
     cfg = p.cfg
     loss = loss or (classification_loss if cfg.task.type == "classification" else lm_loss)
     t, examples = cfg.train, data.splits["train"]
@@ -129,20 +129,23 @@ def train(p: Plan, model, tokenizer, data: TaskData, loss=None) -> engine.TrainR
     # dropout draws follow the job's seed, not what ran before it in this process (the demo and
     # recycle-all --then tune run many jobs in one launch); a resume restores the checkpoint's
     torch.manual_seed(cfg.seed)
-    return engine.train(model, spec, ExampleSource(examples, cfg.seed), loss,
-                        evaluator(p, data, tokenizer, "dev"))
+    evaluate = evaluator(p, data, tokenizer, "dev") if "dev" in data.splits else None
+    return engine.train(model, spec, ExampleSource(examples, cfg.seed), loss, evaluate)
 
 
 def score(p: Plan, module, data: TaskData, tokenizer) -> dict:
-    """Dev (and test) metrics of `module` as it is, with the majority baseline for classifiers;
-    a classifier's test predictions, one per example, go to run_dir/test_predictions.json."""
+    """Dev and test metrics of `module` as it is (the splits the task has: a label-free run may
+    have neither), with the dev majority baseline for classifiers; a classifier's test
+    predictions, one per example, go to run_dir/test_predictions.json."""
     module.eval()
-    metrics = {"dev": evaluator(p, data, tokenizer, "dev")(module)}
+    metrics = {}
+    if "dev" in data.splits:
+        metrics["dev"] = evaluator(p, data, tokenizer, "dev")(module)
     if "test" in data.splits and data.type == "classification":
         metrics["test"] = test_with_predictions(p, module, data)
     elif "test" in data.splits:
         metrics["test"] = evaluator(p, data, tokenizer, "test")(module)
-    if data.type == "classification":
+    if data.type == "classification" and "dev" in data.splits:
         metrics["dev_majority_baseline"] = data.majority_baseline("dev")
     return metrics
 
