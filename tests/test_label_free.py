@@ -5,6 +5,7 @@ keep / re-tune advice it gives, and the refusals that name the key."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from rtune_ds.config.schema import DistillConfig, TaskConfig
 from rtune_ds.data.examples import Examples, load_task
 from rtune_ds.data.tokenizer import load_tokenizer
 from rtune_ds.errors import ConfigError
+from rtune_ds.jobs.pairs import adopt_task
 from rtune_ds.jobs.recycling import bundle_job_config
 from rtune_ds.recycling.advice import label_free_advice
 from rtune_ds.train.distill import Distiller
@@ -121,6 +123,31 @@ def test_label_free_needs_no_labeled_file_but_its_inputs(tmp_path):
                                           r"not found: .*missing.txt"):
         run_config_from(job(), [f"distill.unlabeled={tmp_path / 'missing.txt'}"], "job.yaml",
                         "finetune")
+
+
+def test_the_analyses_that_score_dev_refuse_a_label_free_job_naming_task_dev(tmp_path,
+                                                                            cache_dir):
+    """A bundle made label-free records a job with no dev set: `rtune analyze compat` (whose job
+    is the bundle's) and the pair analyses (adopt_task) say so before any model is read."""
+    base, bundle = smollm_like(tmp_path / "base"), tmp_path / "bundle"
+    bundle.mkdir()
+    job = {"task": {"test": str(FIXTURES / "cls_test.jsonl")},
+           "distill": {"unlabeled": str(FIXTURES / "cls_train.jsonl")}}
+    (bundle / "lineage.json").write_text(json.dumps({"config": job}))
+    proc = rtune_in_process(["analyze", "compat", "--bundle", str(bundle), "--bases", str(base),
+                             "--out", str(tmp_path / "curve")], cache_dir)
+    assert proc.returncode == 2 and f"{bundle / 'lineage.json'}: key 'task.dev': this analysis " \
+        "scores the labeled dev set" in proc.stderr
+    assert not (tmp_path / "curve").exists()
+    cfg = run_config_from(job, [f"model.path={base}", f"run_dir={tmp_path / 'run'}"], "job.yaml",
+                          "finetune")
+    meta = {"task": {"type": "classification", "labels": ["animal", "food", "place", "tool"]}}
+    pairs = [SimpleNamespace(a=SimpleNamespace(meta=meta))]
+    with pytest.raises(ConfigError, match=r"job.yaml: key 'task.dev': this analysis scores"):
+        adopt_task(cfg, "job.yaml", pairs)
+    cfg.task.dev = str(FIXTURES / "cls_dev.jsonl")
+    adopt_task(cfg, "job.yaml", pairs)
+    assert cfg.task.labels == meta["task"]["labels"]
 
 
 @pytest.mark.parametrize("dev, label_free", [("cls_dev.jsonl", False), ("gone.jsonl", True),

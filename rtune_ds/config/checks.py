@@ -131,6 +131,13 @@ def validate_task(cfg: RunConfig, where: str) -> None:
                  "tuning.ia3.feedforward_modules", "must be a subset of tuning.ia3.target_modules")
 
 
+def require_dev(cfg: RunConfig, where: str) -> None:
+    """For the analyses that score the labeled dev set, which a label-free job may not have."""
+    _require(cfg.task.dev is not None, where, "task.dev",
+             "this analysis scores the labeled dev set, and the job has none (label-free: "
+             "distill.unlabeled); name one with task.dev=FILE")
+
+
 def validate_distill(cfg: RunConfig, where: str) -> None:
     d = cfg.distill
     _require(0 <= d.alpha <= 1, where, "distill.alpha", f"must be in [0, 1], got {d.alpha}")

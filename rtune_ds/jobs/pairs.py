@@ -13,6 +13,7 @@ import torch
 from rtune_ds.analysis.pairs import CONTROL_FLAGS, flag
 from rtune_ds.artifacts.bundle import read_bundle
 from rtune_ds.artifacts.lineage import fingerprint
+from rtune_ds.config.checks import require_dev
 from rtune_ds.config.load import load_run_config
 from rtune_ds.config.schema import RunConfig
 from rtune_ds.data.tokenizer import load_tokenizer, tokenizer_hash
@@ -123,7 +124,9 @@ def check_tokenizers(pairs: list[Pair], tokenizer_dir: str) -> None:
 
 
 def adopt_task(cfg: RunConfig, where: str, pairs: list[Pair]) -> None:
-    """The run scores the bundles' task: its type, and its labels in the bundles' order."""
+    """The run scores the bundles' task: its type, and its labels in the bundles' order, on the
+    dev set."""
+    require_dev(cfg, where)
     task = pairs[0].a.meta["task"]
     if cfg.task.type != task["type"]:
         raise ConfigError(f"{where}: key 'task.type': '{cfg.task.type}', but --a was tuned for "

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rtune_ds import dist
+from rtune_ds.config.checks import require_dev
 from rtune_ds.config.schema import RecyclingMethod
 from rtune_ds.io import pyplot, save_figure, save_json
 from rtune_ds.jobs import recycling
@@ -26,6 +27,7 @@ def compat_curve(bundle: str, bases: list[str], config: str | None, overrides: l
         cfg, where = recycling.bundle_job_config(
             Path(bundle), config, overrides,
             out_dir / f"{i:02d}_{base_label(base).replace('/', '_')}", base)
+        require_dev(cfg, where)
         r = recycling.prepare(cfg, where, None, bundle, RecyclingMethod.COMPAT, policy,
                               force_same_base=True)
         result = recycling.compat(r, recycling.start(r))
