@@ -20,6 +20,7 @@ from rtune_ds.data.tokenizer import load_tokenizer
 from rtune_ds.errors import ConfigError
 from rtune_ds.jobs.pairs import adopt_task
 from rtune_ds.jobs.recycling import bundle_job_config
+from rtune_ds.recipes.recycle_all import rank
 from rtune_ds.recycling.advice import label_free_advice
 from rtune_ds.train.distill import Distiller
 from rtune_ds.train.inference import agreement
@@ -148,6 +149,16 @@ def test_the_analyses_that_score_dev_refuse_a_label_free_job_naming_task_dev(tmp
     cfg.task.dev = str(FIXTURES / "cls_dev.jsonl")
     adopt_task(cfg, "job.yaml", pairs)
     assert cfg.task.labels == meta["task"]["labels"]
+
+
+def test_the_library_table_ranks_labeled_rows_by_gain_kept_then_label_free_by_agreement():
+    rows = [{"bundle": "free_low", "label_free": True, "agreement": 0.5, "kept_gain": None},
+            {"bundle": "unknown", "label_free": False, "agreement": None, "kept_gain": None},
+            {"bundle": "kept_low", "label_free": False, "agreement": None, "kept_gain": -0.2},
+            {"bundle": "free_high", "label_free": True, "agreement": 0.95, "kept_gain": None},
+            {"bundle": "kept_high", "label_free": False, "agreement": None, "kept_gain": 0.9}]
+    assert [r["bundle"] for r in sorted(rows, key=rank)] == [
+        "kept_high", "kept_low", "unknown", "free_high", "free_low"]
 
 
 @pytest.mark.parametrize("dev, label_free", [("cls_dev.jsonl", False), ("gone.jsonl", True),

@@ -206,6 +206,13 @@ def decide(e: Entry, result: dict, data, keep_at: float, few_shot_at: int) -> di
                         if isinstance(v, (dict, list))}}
 
 
+def rank(row: dict) -> tuple:
+    """Table order: labeled rows first, by the gain compat keeps (unknown last), then the
+    label-free ones by their agreement with the old model."""
+    score = row["agreement"] if row["label_free"] else row["kept_gain"]
+    return row["label_free"], score is None, -(score or 0.0)
+
+
 def tune_queue(rows: list[dict], jobs: Jobs, out_dir: Path, command: str) -> list[dict]:
     """Step 5: the recommended recycling of every bundle that needs it, in table order."""
     done = []
@@ -262,9 +269,7 @@ def recycle_all(bundles: str, base: str, config: str | None, overrides: list[str
     phases["score"] = lap()
     rows = [decide(e, res, inputs[e.row["bundle"]][1], keep_at, few_shot_at)
             for e, res in zip(entries, results)]
-    # labeled rows by the gain compat keeps, then label-free ones by their agreement
-    rows.sort(key=lambda r: (r["label_free"], -(r["agreement"] if r["label_free"] else
-                             r["kept_gain"] if r["kept_gain"] is not None else -1e9)))
+    rows.sort(key=rank)
     report = {"command": command, "base": str(Path(base).resolve()), "keep_at": keep_at,
               "few_shot_at": few_shot_at, "agree_at": agree_at, "world_size": dist.world_size(),
               "unlabeled": {"path": str(Path(unlabeled).resolve()),
